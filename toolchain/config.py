@@ -47,6 +47,7 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="val carved out of train where no val split exists")
     split_seed: int = 0
     density_sigma: float = Field(4.0, gt=0, description="Gaussian sigma (pixels of the input) per head")
+    density_stride: int = Field(8, ge=1, description="counting: the model's output stride; maps are sum-pooled to it")
     max_images: Optional[int] = Field(None, ge=1, description="cap images per split (quick runs)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
