@@ -1,0 +1,21 @@
+"""Arguments every config-driven subcommand shares: CONFIG, --profile, --data, --set."""
+from __future__ import annotations
+
+import argparse
+
+from toolchain.config import ExperimentConfig, load_config, parse_dotted_overrides
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML (see configs/)")
+    parser.add_argument("--profile", help="config profile to apply, e.g. quick (2 CPU cores) or full (GPU)")
+    parser.add_argument("--data", help="dataset folder; overrides data.root in the config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    overrides = parse_dotted_overrides(args.overrides)
+    if args.data:
+        overrides.setdefault("data", {})["root"] = args.data
+    return load_config(args.config, profile=args.profile, overrides=overrides)

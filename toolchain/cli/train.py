@@ -1,0 +1,62 @@
+"""`acsl train CONFIG`: train the dense model and keep the best-on-val checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain.cli.common import add_config_args, config_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a dense model (best-on-val checkpoint kept, resumable)")
+    add_config_args(p)
+    p.add_argument("--out", help="run folder (default: <out_dir>/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete epoch")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from toolchain.data import describe_source
+    from toolchain.models import build_from_config
+    from toolchain.models.complexity import model_summary
+    from toolchain.train import distributed as dist_utils
+    from toolchain.train.checkpoint import load_model
+    from toolchain.train.evaluate import evaluate
+    from toolchain.train.trainer import fit
+    from toolchain.utils.io import write_json
+    from toolchain.utils.provenance import git_commit, machine, versions
+
+    cfg = config_from_args(args)
+    run_dir = Path(args.out) if args.out else cfg.run_dir()
+    model = build_from_config(cfg)
+    summary = model_summary(model, cfg.data.input_size)
+    if dist_utils.is_main():
+        print(f"data: {describe_source(cfg)}")
+        print(f"model: {cfg.model.name} width {cfg.model.width}: {summary['params'] / 1e6:.3f} M params, "
+              f"{summary['macs'] / 1e9:.3f} GMACs at {cfg.data.input_size[0]}x{cfg.data.input_size[1]}")
+    result = fit(cfg, model, run_dir, resume=args.resume)
+    if not dist_utils.is_main():
+        return 0
+    best_model, _ = load_model(result.best_path, cfg)
+    test = evaluate(best_model, cfg, "test") if _has_split(cfg, "test") else None
+    record = {
+        "stage": "train", "config": cfg.source, "profile": cfg.profile, "data": describe_source(cfg),
+        "model": cfg.model.name, "width": cfg.model.width, "input_size": list(cfg.data.input_size),
+        "params": summary["params"], "macs": summary["macs"], "metric": result.metric_name,
+        "val": result.best_metric, "best_epoch": result.best_epoch, "test": test, "epochs": result.epochs,
+        "train_images_per_s": result.train_images_per_s, "wall_s": result.wall_s, "checkpoint": str(result.best_path),
+        "machine": machine(), "versions": versions(), "git_commit": git_commit(),
+    }
+    write_json(run_dir / "train_record.json", record)
+    test_s = f", test {result.metric_name} {test[result.metric_name]:.3f}" if test else ""
+    print(f"best val {result.metric_name} {result.best_metric:.3f} at epoch {result.best_epoch}{test_s}")
+    print(f"checkpoint: {result.best_path}")
+    return 0
+
+
+def _has_split(cfg, split: str) -> bool:
+    from toolchain.data import build_dataset
+
+    try:
+        return len(build_dataset(cfg, split, train=False)) > 0
+    except Exception:  # noqa: BLE001 - a missing optional split just means no test numbers
+        return False

@@ -1,0 +1,1 @@
+"""Dense training, evaluation, metrics, losses and checkpoints."""

@@ -1,0 +1,102 @@
+"""Checkpoints: state dicts plus config and preprocessing, loadable with `weights_only=True`.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts (no pickled modules, no numpy
+arrays). A slim (pruned) checkpoint also carries `channel_plan`; the model is rebuilt from the zoo
+name + plan, then the state dict is loaded.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from toolchain.config import ExperimentConfig, config_from_dict, config_to_dict
+from toolchain.errors import ToolchainError
+from toolchain.utils.io import atomic_torch_save
+
+FORMAT = "acsl-checkpoint/1"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: ExperimentConfig, **extra: Any) -> Path:
+    model = unwrap(model)
+    state = {
+        "format": FORMAT,
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config_to_dict(cfg),
+        "preprocessing": cfg.preprocessing(),
+        "model_name": cfg.model.name,
+        "width": cfg.model.width,
+        "num_classes": cfg.data.num_classes,
+        "task": cfg.task,
+    }
+    state.update(extra)
+    return atomic_torch_save(state, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolchainError(f"checkpoint not found: {path} (train one with `acsl train CONFIG`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ToolchainError(f"{path} is not a readable checkpoint (truncated, corrupt, or not a weights-only "
+                             f"state dict: {first}); retrain or pick another file") from None
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+        raise ToolchainError(f"{path} is not an acsl checkpoint (no 'model_state'); checkpoints come from `acsl train`")
+    return ckpt
+
+
+def _describe_mismatch(model: nn.Module, state: dict) -> str | None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    if shape:
+        parts.append(f"shape differences (checkpoint vs model) {shape[:3]}{' ...' if len(shape) > 3 else ''}")
+    return "; ".join(parts) or None
+
+
+def load_model(path: str | Path, cfg: ExperimentConfig | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint holds (dense, or slim via its channel plan) and load its weights.
+
+    With `cfg`, the checkpoint must match the config's model; a mismatch is a one-line error that
+    names the differing keys.
+    """
+    from toolchain.models import build_from_config
+
+    ckpt = load_checkpoint(path)
+    if cfg is None:
+        cfg = config_from_dict(ckpt["config"])
+    else:
+        name, width = ckpt.get("model_name"), ckpt.get("width")
+        if name is not None and (name != cfg.model.name or abs(float(width) - cfg.model.width) > 1e-9):
+            raise ToolchainError(f"{path} holds model '{name}' at width {width} but the config asks for "
+                                 f"'{cfg.model.name}' at width {cfg.model.width}; use a matching checkpoint or config")
+    model = build_from_config(cfg)
+    plan = ckpt.get("channel_plan")
+    if plan:
+        from toolchain.prune.plan import apply_channel_plan
+
+        apply_channel_plan(model, plan)
+    problem = _describe_mismatch(model, ckpt["model_state"])
+    if problem:
+        raise ToolchainError(f"{path} does not fit model '{cfg.model.name}' (width {cfg.model.width}): {problem}")
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    return model, ckpt
