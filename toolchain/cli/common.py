@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from toolchain.config import ExperimentConfig, load_config, parse_dotted_overrides
 
@@ -16,6 +17,6 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     overrides = parse_dotted_overrides(args.overrides)
-    if args.data:
-        overrides.setdefault("data", {})["root"] = args.data
+    if args.data:  # relative to where the user stands, not to the config file
+        overrides.setdefault("data", {})["root"] = str(Path(args.data).expanduser().resolve())
     return load_config(args.config, profile=args.profile, overrides=overrides)

@@ -49,8 +49,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] = (224, 224), in_ch
     height, width = (int(v) for v in input_size)
     multiple = getattr(model, "input_multiple", 1) or 1
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
-        raise ToolchainError(f"input size {height}x{width} is not valid for this model: "
-                             f"height and width must be positive multiples of {multiple}")
+        raise ToolchainError(f"{type(model).__name__} needs an input height and width that are positive "
+                             f"multiples of {multiple}, got {height}x{width}; choose another input size")
     reference = _input_parameter(model)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32

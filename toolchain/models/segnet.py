@@ -4,7 +4,7 @@ Unpooling is written as `upsample_nearest(x) * (upsample_nearest(maxpool(e)) == 
 ACSL.md, "Coupled channels"): it equals `nn.MaxUnpool2d` with the encoder's max-pool indices except
 on exact ties inside a 2x2 window (where the value goes to every tied position), a graph tracer sees
 that the encoder stage output `e` and the decoder feature `x` share channels, and it exports to
-plain ONNX (Equal, Cast, Mul, Resize) instead of MaxUnpool. Pooling uses ceil mode and the
+plain ONNX (Resize, Sub, Sign, Mul) instead of MaxUnpool. Pooling uses ceil mode and the
 upsampling targets the encoder map's size, so odd intermediate sizes (e.g. 15 rows at 240x320 or
 360x480 input) unpool exactly like `MaxUnpool2d(..., output_size=e.shape)`: any input size works.
 At width 1.0 and 11 classes the model has 29.44 M parameters (the published SegNet: 29.45 M; our
@@ -28,11 +28,16 @@ def unpool_like(x: torch.Tensor, encoder_output: torch.Tensor, pooled: torch.Ten
     """Place each value of `x` where the 2x2 max of `encoder_output` was (MaxUnpool2d without indices).
 
     `pooled` is `max_pool2d(encoder_output, 2, 2, ceil_mode=True)`; `x` has its shape. Nearest
-    upsampling to the encoder map's size is the 2x upsampling (cropped when that size is odd). The
-    mask is a float multiply so the exported graph holds Equal, Cast and Mul.
+    upsampling to the encoder map's size is the 2x upsampling (cropped when that size is odd).
+
+    The mask is `1 - sign(upsampled_max - e)`: the difference is 0 at each window's maximum and
+    positive elsewhere, so this is the float form of `upsampled_max == e`. It is written with
+    `sign` rather than `==` because a boolean comparison has no autograd node: Torch-Pruning's
+    tracer would then not see that `e` and `x` share channels. `sign` keeps the link (its gradient
+    is zero, like the comparison's) and exports as plain Sub, Sign, Mul.
     """
     size = encoder_output.shape[-2:]
-    mask = F.interpolate(pooled, size=size, mode="nearest") == encoder_output
+    mask = 1.0 - torch.sign(F.interpolate(pooled, size=size, mode="nearest") - encoder_output)
     return F.interpolate(x, size=size, mode="nearest") * mask.to(x.dtype)
 
 

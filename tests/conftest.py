@@ -1,0 +1,35 @@
+"""Shared test fixtures. Tests run on 2 CPU cores: keep models tiny and threads few."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def real_data(name: str) -> Path:
+    """Path to a real dataset under ../shared/data, or skip the test saying why."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real dataset {name} not found at {path}")
+    return path
+
+
+@pytest.fixture
+def tiny_seg_config(tmp_path):
+    """A tiny synthetic segmentation experiment (segnet width 0.125, 32x32) as a YAML file."""
+    raw = {
+        "name": "tiny_seg", "task": "segmentation",
+        "model": {"name": "segnet", "width": 0.125},
+        "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "ignore_index": 255,
+                 "max_images": 16},
+        "train": {"epochs": 2, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0},
+        "out_dir": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "tiny_seg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -1,0 +1,53 @@
+"""Metadata stored in the ONNX `metadata_props`: what a deployment needs to feed the model right."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from toolchain import __version__
+from toolchain.utils.io import sha256_json
+from toolchain.utils.provenance import git_commit
+
+
+def channel_plan_hash(plan: Optional[Any]) -> str:
+    return sha256_json(plan) if plan else "dense"
+
+
+def build_metadata(cfg, *, model_name: Optional[str] = None, channel_plan: Optional[Any] = None,
+                   output_stride: Optional[int] = None) -> dict[str, str]:
+    """String key/values (JSON for structured ones) written into the ONNX model."""
+    return {
+        "model_name": model_name or cfg.model.name,
+        "model_width": str(cfg.model.width),
+        "task": cfg.task,
+        "num_classes": str(cfg.data.num_classes),
+        "class_names": json.dumps(list(cfg.data.class_names)),
+        "mean": json.dumps(list(cfg.data.mean)),
+        "std": json.dumps(list(cfg.data.std)),
+        "preprocessing": json.dumps(cfg.preprocessing(), sort_keys=True),
+        "input_layout": "NCHW",
+        "output_stride": json.dumps(output_stride),
+        "channel_plan_sha256": channel_plan_hash(channel_plan),
+        "experiment": cfg.name,
+        "toolchain_version": __version__,
+        "git_commit": git_commit(),
+    }
+
+
+def set_metadata(model, metadata: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in metadata.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, str(value)
+
+
+def read_onnx_metadata(model_or_path) -> dict[str, str]:
+    if isinstance(model_or_path, (str, Path)):
+        from toolchain.export.onnx_io import load_onnx
+
+        model_or_path = load_onnx(model_or_path)
+    return {p.key: p.value for p in model_or_path.metadata_props}

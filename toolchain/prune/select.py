@@ -1,0 +1,226 @@
+"""Channel selection: global ranking of coupled channel groups under a budget.
+
+A budget is `params=F` or `flops=F`, F the fraction of parameters or multiply-accumulates removed.
+Selection takes *any* cost function of the kept width of every group (`cost(kept) -> float`), so a
+latency model per group (targets issue) plugs in beside the exact parameter / MAC counts of
+`CostModel`. Every channel of every group gets a saliency; channels are removed lowest-first
+globally until the cost meets the budget, keeping at least max(min_channels, min_fraction * C)
+channels per group and rounding kept widths up to a multiple of `round_to`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from toolchain.errors import ToolchainError
+from toolchain.prune.groups import PruningGraph, round_up
+
+BUDGET_KINDS = ("params", "flops")
+_BUDGET_RE = re.compile(r"^\s*(params|flops)\s*=\s*([0-9]*\.?[0-9]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str   # "params" | "flops"
+    value: float  # fraction removed, 0 < value < 1
+
+    def tag(self) -> str:
+        return f"{self.kind}{self.value:g}"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value}
+
+
+def parse_budget(text: str) -> Budget:
+    """`params=0.8` / `flops=0.6` -> Budget; anything else is a one-line ToolchainError."""
+    match = _BUDGET_RE.match(str(text))
+    if not match:
+        raise ToolchainError(f"budget '{text}' is not valid; write params=F or flops=F with F the fraction removed "
+                             "in (0, 1), e.g. params=0.8")
+    value = float(match.group(2))
+    if not 0 < value < 1:
+        raise ToolchainError(f"budget '{text}': the fraction removed must be between 0 and 1 (exclusive), e.g. params=0.5")
+    return Budget(match.group(1), value)
+
+
+class CostModel:
+    """Exact parameter and MAC counts of the model as a function of each group's kept width.
+
+    Counts follow toolchain.models.complexity (conv: output elements x in/groups x k; transposed conv:
+    input elements x out/groups x k; linear: outputs x in_features; params: every parameter). Layers no
+    group touches contribute a constant.
+    """
+
+    def __init__(self, graph: PruningGraph):
+        self.graph = graph
+        self.sizes = [g.size for g in graph.groups]
+        self._layers: dict[str, dict] = {}
+        spatial = _spatial_sizes(graph.model, graph.input_size)
+        for module_name, module in graph.model.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+                self._layers[module_name] = {"module": module, "out": [], "in": [], "spatial": spatial.get(module_name, 0)}
+        for group in graph.groups:
+            for slot in group.layers:
+                if slot.name in self._layers:
+                    self._layers[slot.name][slot.dim].append((group.index, slot.per_channel))
+            for bn in group.bns:
+                self._layers[bn.name]["out"].append((group.index, len(bn.bn_index) / group.size))
+        from toolchain.models.complexity import count_params
+
+        full = [0] * len(self.sizes)
+        self.other_params = count_params(graph.model) - self._params(full)
+        self.dense = {"params": self._params(full) + self.other_params, "flops": self._macs(full)}
+
+    # kept widths -> per-layer sizes -----------------------------------------------------------------
+    def _shrunk(self, info: dict, dim: str, total: int, removed: Sequence[int]) -> float:
+        return total - sum(removed[g] * per for g, per in info[dim])
+
+    def _layer_dims(self, info: dict, removed: Sequence[int]) -> tuple[float, float, nn.Module]:
+        m = info["module"]
+        if isinstance(m, nn.Linear):
+            return self._shrunk(info, "out", m.out_features, removed), self._shrunk(info, "in", m.in_features, removed), m
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            c = self._shrunk(info, "out", m.num_features, removed)
+            return c, c, m
+        return self._shrunk(info, "out", m.out_channels, removed), self._shrunk(info, "in", m.in_channels, removed), m
+
+    def _weights(self, info: dict, removed: Sequence[int]) -> float:
+        out, inp, m = self._layer_dims(info, removed)
+        if isinstance(m, nn.Linear):
+            return out * inp
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return 0.0
+        k = m.kernel_size[0] * m.kernel_size[1]
+        if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise: shrinks with its channels
+            return out * k
+        return out * inp / m.groups * k
+
+    def _params(self, removed: Sequence[int]) -> float:
+        total = 0.0
+        for info in self._layers.values():
+            out, _, m = self._layer_dims(info, removed)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                total += 2 * out if m.affine else 0
+                continue
+            total += self._weights(info, removed) + (out if m.bias is not None else 0)
+        return total
+
+    def _macs(self, removed: Sequence[int]) -> float:
+        return sum(self._weights(info, removed) * info["spatial"] for info in self._layers.values())
+
+    # public ---------------------------------------------------------------------------------------
+    def params(self, kept: Sequence[int]) -> float:
+        return self._params([s - k for s, k in zip(self.sizes, kept)]) + self.other_params
+
+    def macs(self, kept: Sequence[int]) -> float:
+        return self._macs([s - k for s, k in zip(self.sizes, kept)])
+
+    def cost_fn(self, kind: str) -> Callable[[Sequence[int]], float]:
+        if kind == "params":
+            return self.params
+        if kind == "flops":
+            return self.macs
+        raise ToolchainError(f"unknown budget kind '{kind}' (valid: {', '.join(BUDGET_KINDS)})")
+
+
+def _spatial_sizes(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
+    """Per conv / linear: the spatial factor of its MAC count for one image (see CostModel)."""
+    sizes: dict[str, int] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            def hook(mod, inputs, output, name=name):
+                if isinstance(mod, nn.Conv2d):
+                    sizes[name] = output[0, 0].numel()
+                elif isinstance(mod, nn.ConvTranspose2d):
+                    sizes[name] = inputs[0][0, 0].numel()
+                else:
+                    sizes[name] = output[0].numel() // mod.out_features
+            hooks.append(module.register_forward_hook(hook))
+    param = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+@dataclass
+class Selection:
+    removed: dict[int, list[int]]  # group index -> removed root channel indices (sorted)
+    kept: list[int]                # kept width per group
+    cost_before: float
+    cost_after: float
+    budget: Budget
+
+    @property
+    def fraction_removed(self) -> float:
+        return 1 - self.cost_after / self.cost_before if self.cost_before else 0.0
+
+
+def select_channels(graph: PruningGraph, saliency: Sequence[torch.Tensor], budget: Budget,
+                    cost: Callable[[Sequence[int]], float], *, min_channels: int = 8, min_fraction: float = 0.1,
+                    round_to: int = 1) -> Selection:
+    """Remove the globally least salient channels until `cost(kept) <= (1 - budget.value) * cost(dense)`."""
+    groups = graph.groups
+    if len(saliency) != len(groups) or any(s.numel() != g.size for s, g in zip(saliency, groups)):
+        raise ValueError("one saliency vector per group, with one value per group channel, is required")
+    sizes = [g.size for g in groups]
+    min_keep = [g.min_keep(min_channels, min_fraction, round_to) for g in groups]
+    order_in_group = [torch.argsort(s.detach().float().cpu(), stable=True).tolist() for s in saliency]
+    flat = torch.cat([s.detach().float().cpu() for s in saliency])
+    owner = torch.cat([torch.full((g.size,), i, dtype=torch.long) for i, g in enumerate(groups)])
+    ranked_owner = owner[torch.argsort(flat, stable=True)].tolist()
+    prefix_counts = _prefix_counts(ranked_owner, len(groups))
+
+    def kept_after(n: int) -> list[int]:
+        counts = prefix_counts(n)
+        return [min(size, round_up(max(size - c, floor), round_to)) for size, c, floor in zip(sizes, counts, min_keep)]
+
+    dense_cost = cost(sizes)
+    target = (1 - budget.value) * dense_cost
+    smallest = cost(kept_after(len(ranked_owner)))
+    if smallest > target + 1e-9 * dense_cost:
+        reachable = 1 - smallest / dense_cost
+        raise ToolchainError(
+            f"budget {budget.kind}={budget.value:g} cannot be met: keeping at least max({min_channels}, "
+            f"{min_fraction:g} x C) channels per layer (rounded to {round_to}), the largest reachable fraction is "
+            f"{budget.kind}={reachable:.3f}; lower the budget or prune.min_channels / prune.min_fraction")
+    lo, hi = 0, len(ranked_owner)  # smallest n whose cost meets the target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cost(kept_after(mid)) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    kept = kept_after(lo)
+    removed = {g.index: sorted(order_in_group[i][: g.size - kept[i]]) for i, g in enumerate(groups)
+               if kept[i] < g.size}
+    return Selection(removed=removed, kept=kept, cost_before=dense_cost, cost_after=cost(kept), budget=budget)
+
+
+def _prefix_counts(ranked_owner: list[int], n_groups: int) -> Callable[[int], list[int]]:
+    """counts(n): how many of the n globally lowest channels fall in each group."""
+    cumulative = [[0] * n_groups]
+    running = [0] * n_groups
+    step = 64  # checkpoints every 64 channels keep memory small
+    for i, g in enumerate(ranked_owner, 1):
+        running[g] += 1
+        if i % step == 0:
+            cumulative.append(list(running))
+
+    def counts(n: int) -> list[int]:
+        base = list(cumulative[n // step])
+        for g in ranked_owner[(n // step) * step: n]:
+            base[g] += 1
+        return base
+    return counts

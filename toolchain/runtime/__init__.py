@@ -1,0 +1,8 @@
+"""Runners: one interface (load, infer on named numpy arrays, close) for torch, ONNX Runtime and TensorRT.
+
+The deploy developer adds `load(bundle)` (the embedding API) here, built on these runners.
+"""
+from toolchain.runtime.base import Runner, predict_fn, static_batch  # noqa: F401
+from toolchain.runtime.ort_runner import OrtRunner  # noqa: F401
+from toolchain.runtime.torch_runner import TorchRunner  # noqa: F401
+from toolchain.runtime.trt_runner import TrtRunner  # noqa: F401
