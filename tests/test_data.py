@@ -140,8 +140,8 @@ def test_shanghaitech_density_sum_equals_head_count():
 @needs_shb
 def test_shanghaitech_val_is_carved_from_train_and_fixed():
     cfg = make_cfg("shanghaitech", SHARED / "shanghaitech_b", input_size=[64, 64])
-    train = {build_dataset(cfg, "train", False).sample_name(i) for i in range(360)}
-    val_ds = build_dataset(cfg, "val", False)
+    train_ds, val_ds = build_dataset(cfg, "train", False), build_dataset(cfg, "val", False)
+    train = {train_ds.sample_name(i) for i in range(len(train_ds))}
     val = {val_ds.sample_name(i) for i in range(len(val_ds))}
     assert len(val) == 40 and len(train) == 360 and not train & val
     assert "carved from train" in val_ds.carve_description()

@@ -12,7 +12,12 @@ from toolchain.errors import ToolchainError
 from toolchain.models import build_from_config
 from toolchain.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from toolchain.train.evaluate import evaluate
-from toolchain.train.trainer import fit
+from toolchain.train.trainer import fit, seed_everything
+
+
+def build(cfg):
+    seed_everything(cfg.train.seed)
+    return build_from_config(cfg)
 
 
 def _weights(model):
@@ -35,11 +40,11 @@ def test_fit_writes_resumable_checkpoints_that_load_weights_only(tiny_seg_config
 
 def test_resume_continues_exactly(tiny_seg_config, tmp_path):
     cfg = load_config(tiny_seg_config)
-    straight = build_from_config(cfg)
+    straight = build(cfg)
     fit(cfg, straight, tmp_path / "a")
 
     torch.manual_seed(123)  # resume must not depend on the caller's RNG
-    half = build_from_config(cfg)
+    half = build(cfg)
     with pytest.raises(KeyboardInterrupt):  # 4 steps/epoch: dies in epoch 2
         fit(cfg, half, tmp_path / "b", step_callback=_interrupt_at(6))
     resumed = build_from_config(cfg)

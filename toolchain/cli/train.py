@@ -21,12 +21,13 @@ def run(args) -> int:
     from toolchain.train import distributed as dist_utils
     from toolchain.train.checkpoint import load_model
     from toolchain.train.evaluate import evaluate
-    from toolchain.train.trainer import fit
+    from toolchain.train.trainer import fit, seed_everything
     from toolchain.utils.io import write_json
     from toolchain.utils.provenance import git_commit, machine, versions
 
     cfg = config_from_args(args)
     run_dir = Path(args.out) if args.out else cfg.run_dir()
+    seed_everything(cfg.train.seed)  # the initial weights depend only on the config's seed
     model = build_from_config(cfg)
     summary = model_summary(model, cfg.data.input_size)
     if dist_utils.is_main():
@@ -34,7 +35,9 @@ def run(args) -> int:
         print(f"model: {cfg.model.name} width {cfg.model.width}: {summary['params'] / 1e6:.3f} M params, "
               f"{summary['macs'] / 1e9:.3f} GMACs at {cfg.data.input_size[0]}x{cfg.data.input_size[1]}")
     result = fit(cfg, model, run_dir, resume=args.resume)
-    if not dist_utils.is_main():
+    main_rank = dist_utils.is_main()
+    dist_utils.shutdown()  # under torchrun, rank 0 evaluates alone from here on
+    if not main_rank:
         return 0
     best_model, _ = load_model(result.best_path, cfg)
     test = evaluate(best_model, cfg, "test") if _has_split(cfg, "test") else None

@@ -93,7 +93,7 @@ def _eval_classification(ds: TaskDataset, raw_size, label):
 
 # ---------------------------------------------------------------------------------------------
 # seeded augmentation
-def _resized_window(ds: TaskDataset, rng: np.random.Generator, raw_size):
+def _resized_window(ds: TaskDataset, rng: np.random.Generator):
     """Scale then crop parameters: (scaled size, top, left)."""
     aug = ds.cfg.data.augment
     height, width = ds.input_size
@@ -105,7 +105,7 @@ def _resized_window(ds: TaskDataset, rng: np.random.Generator, raw_size):
 
 def _augment_segmentation(ds: TaskDataset, image, label, rng):
     height, width = ds.input_size
-    size, top, left = _resized_window(ds, rng, image.shape[:2])
+    size, top, left = _resized_window(ds, rng)
     pixels = T.resize_bilinear(image, size)
     label = T.resize_nearest(label, size)
     image_chw = T.normalise(pixels, ds.preprocessing)  # 3 x h x w
@@ -118,7 +118,7 @@ def _augment_segmentation(ds: TaskDataset, image, label, rng):
 
 def _augment_counting(ds: TaskDataset, image, points, rng):
     height, width = ds.input_size
-    size, top, left = _resized_window(ds, rng, image.shape[:2])
+    size, top, left = _resized_window(ds, rng)
     pixels = T.resize_bilinear(image, size)
     points = scale_points(points, image.shape[:2], size) - np.array([left, top], dtype=np.float64)
     keep = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)

@@ -15,7 +15,7 @@ def channel_plan_hash(plan: Optional[Any]) -> str:
 
 
 def build_metadata(cfg, *, model_name: Optional[str] = None, channel_plan: Optional[Any] = None,
-                   output_stride: Optional[int] = None) -> dict[str, str]:
+                   output_stride: Optional[int] = None, input_multiple: int = 1) -> dict[str, str]:
     """String key/values (JSON for structured ones) written into the ONNX model."""
     return {
         "model_name": model_name or cfg.model.name,
@@ -28,6 +28,7 @@ def build_metadata(cfg, *, model_name: Optional[str] = None, channel_plan: Optio
         "preprocessing": json.dumps(cfg.preprocessing(), sort_keys=True),
         "input_layout": "NCHW",
         "output_stride": json.dumps(output_stride),
+        "input_multiple": str(int(input_multiple or 1)),
         "channel_plan_sha256": channel_plan_hash(channel_plan),
         "experiment": cfg.name,
         "toolchain_version": __version__,

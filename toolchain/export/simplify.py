@@ -26,6 +26,10 @@ def _with_onnxsim(model):
     simplified, ok = onnxsim.simplify(model, check_n=0)
     if not ok:
         raise RuntimeError("onnxsim reported that the simplified model is not valid")
+    # onnxsim >= 0.8 records its own bookkeeping in metadata_props; keep ours readable
+    kept = [p for p in simplified.metadata_props if not p.key.startswith("onnxsim.")]
+    del simplified.metadata_props[:]
+    simplified.metadata_props.extend(kept)
     return simplified
 
 

@@ -6,3 +6,4 @@ from toolchain.runtime.base import Runner, predict_fn, static_batch  # noqa: F40
 from toolchain.runtime.ort_runner import OrtRunner  # noqa: F401
 from toolchain.runtime.torch_runner import TorchRunner  # noqa: F401
 from toolchain.runtime.trt_runner import TrtRunner  # noqa: F401
+from toolchain.runtime.bundle import DeployedModel, Prediction, load  # noqa: F401

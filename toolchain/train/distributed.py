@@ -84,3 +84,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(range(rank(), self.n, world_size()))
+
+
+def shutdown() -> None:
+    """Leave the process group (after training, rank 0 carries on alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

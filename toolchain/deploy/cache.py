@@ -1,0 +1,128 @@
+"""Stage cache for `acsl deploy`: each stage is keyed by a hash of its inputs.
+
+key = sha256(stage name, the config section(s) it reads, the sha256 of every upstream artifact,
+the code version of the packages it runs). A stage folder holds:
+
+- `attempt.json`: the key of the attempt in progress (written before the stage runs);
+- the stage's artifacts (each written atomically by its own module);
+- `done.json`: written LAST, atomically, listing every artifact with its sha256.
+
+A stage is reused only when `done.json` exists, its key equals the new key and every listed
+artifact still has its recorded sha256. Otherwise it reruns: with the same key (a killed run) the
+folder is kept so the stage may resume from its own complete checkpoints; with a different key the
+folder is cleared first. Later stages see the new artifacts' hashes in their keys, so they rerun too.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from toolchain import __version__
+from toolchain.utils.io import read_json, sha256_file, sha256_json, write_json
+
+DONE, ATTEMPT = "done.json", "attempt.json"
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_version(*packages: str) -> str:
+    """Hash of the toolchain version and the .py sources of the named subpackages (e.g. "train")."""
+    h = hashlib.sha256(__version__.encode())
+    for pkg in sorted(packages):
+        root = _PACKAGE_ROOT / pkg
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
+        for f in files:
+            if f.is_file():
+                h.update(f.relative_to(_PACKAGE_ROOT).as_posix().encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_key(stage: str, config: Any, upstream: dict[str, str], code: str) -> str:
+    return sha256_json({"stage": stage, "config": config, "upstream": upstream, "code": code})
+
+
+@dataclass
+class StageRecord:
+    name: str
+    key: str
+    folder: Path
+    artifacts: dict[str, Path]
+    sha256: dict[str, str]
+    summary: dict = field(default_factory=dict)
+    reused: bool = False
+    seconds: float = 0.0
+
+
+class StageCache:
+    """`cache.run(name, config, upstream, code, fn)`; fn(folder, resume) -> (artifacts, summary)."""
+
+    def __init__(self, root, log: Callable[[str], None] = print):
+        self.root = Path(root)
+        self.log = log
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def lookup(self, name: str, key: str) -> Optional[StageRecord]:
+        folder = self.folder(name)
+        done = folder / DONE
+        if not done.is_file():
+            return None
+        try:
+            rec = read_json(done)
+        except (ValueError, OSError):
+            return None
+        if rec.get("key") != key:
+            return None
+        artifacts, digests = {}, {}
+        for art, info in rec.get("artifacts", {}).items():
+            path = folder / info["path"]
+            if not path.is_file() or sha256_file(path) != info["sha256"]:
+                return None
+            artifacts[art], digests[art] = path, info["sha256"]
+        return StageRecord(name, key, folder, artifacts, digests, rec.get("summary", {}), True, rec.get("seconds", 0.0))
+
+    def run(self, name: str, config: Any, upstream: dict[str, str], code: str,
+            fn: Callable[[Path, bool], tuple[dict[str, Path], dict]]) -> StageRecord:
+        key = stage_key(name, config, upstream, code)
+        cached = self.lookup(name, key)
+        if cached is not None:
+            self.log(f"[{time.strftime('%H:%M:%S')}] {name}: skipped (inputs unchanged, artifacts verified)")
+            return cached
+        folder = self.folder(name)
+        resume = self._prepare(folder, key)
+        self.log(f"[{time.strftime('%H:%M:%S')}] {name}: {'resuming' if resume else 'started'}")
+        start = time.perf_counter()
+        artifacts, summary = fn(folder, resume)
+        seconds = time.perf_counter() - start
+        digests = {a: sha256_file(p) for a, p in artifacts.items()}
+        write_json(folder / DONE, {
+            "stage": name, "key": key, "upstream": upstream, "code": code, "seconds": seconds,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "summary": summary,
+            "artifacts": {a: {"path": Path(p).resolve().relative_to(folder.resolve()).as_posix(), "sha256": digests[a]}
+                          for a, p in artifacts.items()},
+        })
+        self.log(f"[{time.strftime('%H:%M:%S')}] {name}: finished in {seconds:.1f} s")
+        return StageRecord(name, key, folder, {a: Path(p) for a, p in artifacts.items()}, digests, summary,
+                           False, seconds)
+
+    @staticmethod
+    def _prepare(folder: Path, key: str) -> bool:
+        """Remove a stale done-marker; keep the folder only for a retry of the same inputs."""
+        attempt = folder / ATTEMPT
+        same = False
+        if attempt.is_file():
+            try:
+                same = read_json(attempt).get("key") == key
+            except (ValueError, OSError):
+                same = False
+        if not same and folder.exists():
+            shutil.rmtree(folder)
+        (folder / DONE).unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(attempt, {"key": key, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return same and any(p.name not in (ATTEMPT,) for p in folder.iterdir())

@@ -1,0 +1,288 @@
+"""`acsl deploy`: train (dense) -> ACSL prune -> recover -> export -> build -> profile -> bundle.
+
+Every stage runs through `StageCache` (see cache.py): finished stages whose inputs did not change
+are skipped, a changed input reruns that stage and every later one, and a killed run resumes from
+complete artifacts only. Stages shared by every target (train, prune, export) live in
+`<run_dir>/stages/`; target-specific ones (build, profile) in `<run_dir>/stages/<target>/`.
+The bundle goes to `<deploy.out_dir>/<target>/` (or --out) and is written atomically.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from toolchain.deploy import adapters, stages
+from toolchain.deploy.bundle import write_bundle
+from toolchain.deploy.cache import StageCache, StageRecord, code_version
+from toolchain.errors import ToolchainError
+from toolchain.utils.io import read_json, sha256_json, write_json
+
+VARIANTS = ("dense", "slim")
+
+
+@dataclass
+class DeployResult:
+    bundle: Path
+    report_html: Path
+    report_json: Path
+    stages: dict[str, StageRecord]
+    seconds: float
+
+
+def _section(cfg, *names: str) -> dict:
+    d = cfg.model_dump(mode="json")
+    return {n: d[n] for n in names}
+
+
+def run_deploy(cfg, target_name: str, *, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
+               runs: int = 50, warmup_s: float = 0.5, log: Callable[[str], None] = print) -> DeployResult:
+    from toolchain.targets import load_target
+
+    target = load_target(target_name)
+    started = time.perf_counter()
+    root = cfg.run_dir() / "stages"
+    cache, tcache = StageCache(root, log), StageCache(root / target.name, log)
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and not ckpt.is_file():
+        raise ToolchainError(f"--checkpoint {ckpt} not found; pass a dense checkpoint from `acsl train` or omit it")
+    log(f"deploy {cfg.name} -> {target.name} ({target.description}); stages in {root}")
+    done: dict[str, StageRecord] = {}
+
+    upstream = {"checkpoint": _sha(ckpt)} if ckpt else {}
+    done["train"] = cache.run("train", _section(cfg, "model", "data", "train"), upstream,
+                              code_version("models", "data", "train"),
+                              lambda f, r: stages.train_dense(cfg, f, r, ckpt, log))
+    dense_ckpt = done["train"].artifacts["checkpoint"]
+    done["prune"] = cache.run("prune", _section(cfg, "model", "data", "train", "prune"),
+                              {"dense": done["train"].sha256["checkpoint"]}, code_version("prune", "train", "models"),
+                              lambda f, r: stages.prune_and_recover(cfg, dense_ckpt, f, r, log))
+    checkpoints = {"dense": dense_ckpt, "slim": done["prune"].artifacts["checkpoint"]}
+    done["export"] = cache.run("export", _section(cfg, "export"),
+                               {"dense": done["train"].sha256["checkpoint"], "slim": done["prune"].sha256["checkpoint"]},
+                               code_version("export"),
+                               lambda f, r: stages.export_variants(cfg, checkpoints, f, target.name, log))
+    onnx = {v: done["export"].artifacts[v] for v in VARIANTS}
+    target_spec = target.model_dump(mode="json", exclude={"source"})
+    done["build"] = tcache.run("build", {**_section(cfg, "quantize", "deploy"), "target": target_spec},
+                               {v: done["export"].sha256[v] for v in VARIANTS},
+                               code_version("build", "calibration", "deploy/adapters.py"),
+                               lambda f, r: _build_stage(cfg, target, onnx, f, log))
+    done["profile"] = tcache.run("profile", {**_section(cfg, "deploy", "data"), "target": target_spec,
+                                             "runs": runs, "warmup_s": warmup_s},
+                                 dict(done["build"].sha256), code_version("profile", "runtime"),
+                                 lambda f, r: _profile_stage(cfg, target, onnx, done["build"], f, runs, warmup_s, log))
+    bundle_dir = Path(out_dir) if out_dir else Path(cfg.deploy.out_dir) / target.name
+    bundle = _bundle_stage(cfg, target, done, onnx, bundle_dir, log)
+    seconds = time.perf_counter() - started
+    log(f"deploy finished in {seconds:.0f} s: bundle {bundle}")
+    log(f"report: {bundle / 'report.html'} (also report.md, report.json)")
+    return DeployResult(bundle, bundle / "report.html", bundle / "report.json", done, seconds)
+
+
+def _sha(path: Path) -> str:
+    from toolchain.utils.io import sha256_file
+
+    return sha256_file(path)
+
+
+# -- build -----------------------------------------------------------------------------------------
+def _build_stage(cfg, target, onnx: dict[str, Path], folder: Path, log):
+    artifacts, rows = {}, {}
+    for variant in VARIANTS:
+        for precision in target.precisions:
+            name = f"{variant}-{precision}"
+            log(f"  build {name} for {target.name}")
+            row = adapters.build_precision(cfg, onnx[variant], target, precision, folder / name, log)
+            if row["artifact"] is not None:
+                artifacts[name] = Path(row["artifact"])
+            for extra_name, path in row["extra_files"].items():
+                artifacts[f"{name}/{extra_name}"] = Path(path)
+            rows[name] = {k: (str(v) if isinstance(v, Path) else v) for k, v in row.items() if k != "extra_files"}
+            rows[name]["extra_files"] = sorted(row["extra_files"])
+            if row["status"] != "ok":
+                log(f"  {name}: {row['status']}: {row['reason']}")
+    if not artifacts:
+        raise ToolchainError(f"no variant could be built for {target.name}; see the reasons above")
+    return artifacts, {"rows": rows}
+
+
+# -- profile ---------------------------------------------------------------------------------------
+def _profile_stage(cfg, target, onnx: dict[str, Path], build: StageRecord, folder: Path, runs, warmup_s, log):
+    from toolchain.profile.profiler import profile_engine
+    from toolchain.runtime import OrtRunner, predict_fn
+    from toolchain.train.evaluate import evaluate
+    from toolchain.train.metrics import primary_metric
+
+    metric, _ = primary_metric(cfg.task)
+    providers = list(target.onnxruntime.providers)
+    threads = target.onnxruntime.intra_op_threads
+
+    def accuracy(runner) -> dict:
+        result = evaluate(predict_fn(runner), cfg, "val", max_images=cfg.deploy.eval_images)
+        return {"metric": metric, "value": float(result[metric]), "images": result.get("images"), "split": "val"}
+
+    profiles: dict = {}
+    for name, row in build.summary["rows"].items():
+        variant, precision = name.split("-", 1)
+        artifact = build.artifacts.get(name)
+        if row["status"] != "ok" or artifact is None or row["kind"] != "onnx":
+            profiles[name] = None if row["kind"] != "build-script" else _estimate_only(onnx[variant], target, precision)
+            continue
+        log(f"  profile {name} ({runs} runs, warm-up {warmup_s} s)")
+        profiles[name] = profile_engine(lambda a=artifact: OrtRunner(a, providers=providers, threads=threads).load(),
+                                        model_file=artifact, batches=target.profile_batch_sizes, runs=runs,
+                                        warmup_s=warmup_s, onnx_path=artifact if precision == "fp32" else onnx[variant],
+                                        target=target, precision=precision, accuracy_fn=accuracy)
+    if target.backend != "onnxruntime":  # host reference: the FP32 ONNX measured on this machine
+        for variant in VARIANTS:
+            log(f"  profile {variant}-fp32 on this host with ONNX Runtime CPU (reference, not the target)")
+            profiles[f"{variant}-fp32-host"] = profile_engine(
+                lambda v=variant: OrtRunner(onnx[v]).load(), model_file=onnx[variant], batches=[1], runs=runs,
+                warmup_s=warmup_s, onnx_path=onnx[variant], target=None, precision="fp32", accuracy_fn=accuracy)
+    out = write_json(folder / "profiles.json", profiles)
+    return {"profiles": out}, {"profiled": sorted(k for k, v in profiles.items() if v)}
+
+
+def _estimate_only(onnx_path: Path, target, precision: str) -> dict:
+    """For an engine that can only be built on the device: roofline estimate, nothing measured."""
+    from toolchain.profile.cost import onnx_cost
+    from toolchain.profile.profiler import _datasheet
+    from toolchain.profile.roofline import roofline_floor
+
+    cost = onnx_cost(onnx_path)
+    peak, bandwidth, source = _datasheet(target, precision)
+    roof = roofline_floor(cost["macs"], cost["bytes_moved"], peak, bandwidth, source=source)
+    roof["target"] = target.name
+    roof["efficiency_note"] = "no measurement: the engine is built and measured on the device"
+    return {"estimate_only": True, "roofline": roof,
+            "cost": {k: cost[k] for k in ("params", "macs", "bytes_moved")}}
+
+
+# -- report + bundle -------------------------------------------------------------------------------
+def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path]) -> dict:
+    from toolchain.profile.cost import compare_layers, onnx_cost
+    from toolchain.report.schema import failed_row, new_report, variant_row
+    from toolchain.train.metrics import primary_metric
+    from toolchain.utils.provenance import git_commit, machine, versions
+
+    metric, higher = primary_metric(cfg.task)
+    here = machine()
+    profiles = read_json(done["profile"].artifacts["profiles"])
+    on_target = target.backend == "onnxruntime" and target.name == "cpu"
+    from toolchain.profile.jetson import is_jetson
+
+    on_target = on_target or (target.jetson and is_jetson())
+    notes = [f"stage {k}: {'reused' if r.reused else 'ran'} ({r.seconds:.1f} s)" for k, r in done.items()]
+    if not on_target:
+        notes.insert(0, f"This run was not on a {target.name}: engines are built and measured there with "
+                        f"`make deploy TARGET={target.name}` (or build_engine.sh in this bundle). "
+                        "Rows marked 'host reference' were measured on this machine; roofline numbers are estimates.")
+    report = new_report(
+        experiment={"name": cfg.name, "task": cfg.task, "model": cfg.model.name, "width": cfg.model.width,
+                    "config_sha256": sha256_json(cfg.model_dump(mode="json", exclude={"source", "profile"}))},
+        target={"name": target.name, "description": target.description, "backend": target.backend},
+        machine=here, on_target_device=on_target, provenance={"git_commit": git_commit(), "versions": versions()},
+        metric={"name": metric, "higher_is_better": higher}, notes=notes)
+    for name, row in done["build"].summary["rows"].items():
+        variant, precision = name.split("-", 1)
+        prof = profiles.get(name)
+        artifact = done["build"].artifacts.get(name)
+        file = _bundle_name(name, artifact) if artifact else None
+        size = artifact.stat().st_size if artifact else None
+        if prof and not prof.get("estimate_only"):
+            acc = prof.get("accuracy", {}).get("value")
+            report["variants"].append(variant_row(name, variant, precision, profile=prof, file=file, size_bytes=size,
+                                                  accuracy=acc, accuracy_metric=metric))
+        else:
+            status = "skipped" if row["status"] in ("not-built", "skipped") else "failed"
+            r = failed_row(name, variant, precision, row["reason"] or row["status"], status=status, file=file,
+                           size_bytes=size)
+            if prof and prof.get("estimate_only"):
+                r["estimate"] = prof["roofline"]
+            report["variants"].append(r)
+    for name, prof in profiles.items():
+        if name.endswith("-host") and prof:
+            variant = name.split("-", 1)[0]
+            row = variant_row(f"{variant}-fp32 (host reference)", variant, "fp32", profile=prof, file=f"{variant}.onnx",
+                              size_bytes=onnx[variant].stat().st_size,
+                              accuracy=prof.get("accuracy", {}).get("value"), accuracy_metric=metric)
+            report["variants"].append(row)
+    report["layers_before_after"] = compare_layers(onnx_cost(onnx["dense"]), onnx_cost(onnx["slim"]))
+    report["pytorch_metrics"] = {"dense": done["train"].summary.get("metric"),
+                                 "slim": (done["prune"].summary.get("recover") or {}).get("metric")}
+    return report
+
+
+def _bundle_name(name: str, artifact: Path) -> str:
+    return f"{name}{''.join(artifact.suffixes[-1:])}" if artifact.suffix != ".onnx" else f"{name}.onnx"
+
+
+def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
+    """The manifest (without checksums) and the files to copy into the bundle."""
+    from toolchain.train.checkpoint import load_checkpoint
+    from toolchain.utils.provenance import git_commit, versions
+
+    files: dict[str, Path] = {f"{v}.onnx": onnx[v] for v in VARIANTS}
+    artifacts = []
+    for name, row in done["build"].summary["rows"].items():
+        variant, precision = name.split("-", 1)
+        artifact = done["build"].artifacts.get(name)
+        if artifact is not None:
+            bname = _bundle_name(name, artifact)
+            files[bname] = artifact
+            artifacts.append({"file": bname, "kind": row["kind"], "variant": variant, "precision": precision})
+        for extra in row.get("extra_files", []):
+            key = f"{name}/{extra}"
+            if key in done["build"].artifacts:
+                files[f"{name}/{extra}"] = done["build"].artifacts[key]
+    slim_ckpt = load_checkpoint(done["prune"].artifacts["checkpoint"])
+    built = {a["precision"] for a in artifacts if a["variant"] == "slim"}
+    default = target.default_precision if target.default_precision in built else ("fp32" if "fp32" in built else
+                                                                                  sorted(built)[0] if built else None)
+    decoding = {"segmentation": "argmax over the class axis of B x K x H x W logits -> class map",
+                "counting": f"density map B x 1 x H/{cfg.data.density_stride} x W/{cfg.data.density_stride}; "
+                            "count = sum of the map",
+                "classification": "softmax over B x K logits -> top-k classes"}[cfg.task]
+    h, w = cfg.data.input_size
+    manifest = {
+        "model": {"name": cfg.model.name, "width": cfg.model.width, "experiment": cfg.name},
+        "task": cfg.task,
+        "classes": list(cfg.data.class_names) or [str(i) for i in range(cfg.data.num_classes)],
+        "input": {"name": "input", "shape": [1, 3, h, w], "layout": "NCHW", "dtype": "float32", "color": "RGB"},
+        "preprocessing": cfg.preprocessing(),
+        "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+        "output": {"name": "output", "decoding": decoding},
+        "target": {"name": target.name, "backend": target.backend, "precisions": list(target.precisions)},
+        "precisions": sorted(built), "default_precision": default, "deployed_variant": "slim",
+        "artifacts": artifacts,
+        "channel_plan": slim_ckpt.get("channel_plan"),
+        "versions": versions(), "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return manifest, files
+
+
+def _bundle_stage(cfg, target, done, onnx, bundle_dir: Path, log) -> Path:
+    from toolchain.deploy.bundle import verify_bundle
+    from toolchain.report.render import write_report
+
+    key = sha256_json({"stages": {k: r.key for k, r in done.items()}, "code": code_version("deploy", "report")})
+    if (bundle_dir / "manifest.json").is_file():
+        try:
+            if verify_bundle(bundle_dir).get("stage_key") == key:
+                log(f"[{time.strftime('%H:%M:%S')}] bundle: skipped (up to date, every checksum verified)")
+                return bundle_dir
+        except ToolchainError as err:
+            log(f"  existing bundle is not valid ({err}); rewriting it")
+    log(f"[{time.strftime('%H:%M:%S')}] bundle: started")
+    report = build_report(cfg, target, done, onnx)
+    manifest, files = manifest_for(cfg, target, done, onnx)
+    manifest["stage_key"] = key
+
+    # write_report puts report.json/.md/.html and the PNGs next to the path it is given
+    writers = {"report.json": lambda path: write_report(report, path.parent)}
+    write_bundle(bundle_dir, files, manifest, writers)
+    log(f"[{time.strftime('%H:%M:%S')}] bundle: finished ({len(files)} model files + reports + manifest)")
+    return bundle_dir

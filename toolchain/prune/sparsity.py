@@ -1,0 +1,291 @@
+"""Sparsity regularisers applied after `loss.backward()` (the `after_backward` hook of `fit()`).
+
+- `ACSLRegulariser`  ACSL.md section 3: channel affinity from forward hooks on the prunable BN outputs
+  (centred, normalised, absolute correlation over at most `max_positions` sampled positions, refreshed
+  every `refresh_every` training forwards, EMA with `ema_momentum`), redundancy rho, adaptive strength
+  lambda_{l,c} = lam * rho_{l,c} / mean(rho) clipped to [clip[0], clip[1]] x lam, subgradient
+  lambda_{l,c} * sign(gamma) added to gamma.grad; coupled channels share the mean strength of their group.
+- `CAPRegulariser`   ACSL.md section 2: association A = softmax_rows(F F^T / P) (P sampled positions; the
+  1/P keeps the softmax out of saturation, a documented choice), guide g = 1 - diag(A) / max(diag(A))
+  rescaled to mean 1 per layer; strength lam * g.
+- `SlimmingRegulariser` Network Slimming: lam * sign(gamma) on every prunable BN gamma.
+- `GroupNormRegulariser` DepGraph group-norm sparse learning: Torch-Pruning's GroupNormPruner.regularize.
+
+A non-finite gamma gradient (the loss blew up) raises `SparsityDiverged` naming the lambda to lower.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from toolchain.errors import ToolchainError
+from toolchain.prune.groups import PruningGraph, example_inputs, output_layers
+
+EPS = 1e-12
+
+
+class SparsityDiverged(ToolchainError):
+    """Sparsity learning produced non-finite gradients."""
+
+
+# ---------------------------------------------------------------------------------------------- math
+def sample_positions(x: torch.Tensor, max_positions: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """B x C x H x W (or B x C) -> C x P features, P <= max_positions positions sampled without replacement."""
+    channels = x.shape[1]
+    feats = x.detach().transpose(0, 1).reshape(channels, -1).float()
+    n = feats.shape[1]
+    if n > max_positions:
+        idx = torch.randperm(n, generator=generator)[:max_positions].to(feats.device)
+        feats = feats.index_select(1, idx)
+    return feats
+
+
+def channel_affinity(feats: torch.Tensor) -> torch.Tensor:
+    """|correlation| of the rows of a C x P matrix: centred, normalised, absolute; in [0, 1]."""
+    centred = feats - feats.mean(dim=1, keepdim=True)
+    rows = centred / centred.norm(dim=1, keepdim=True).clamp_min(EPS)
+    return (rows @ rows.t()).abs().clamp_(max=1.0)
+
+
+def redundancy(affinity: torch.Tensor) -> torch.Tensor:
+    """rho_c = (1 / (C - 1)) * sum_{j != c} A[c, j]."""
+    channels = affinity.shape[0]
+    if channels < 2:
+        return torch.zeros(channels, device=affinity.device)
+    return (affinity.sum(dim=1) - affinity.diagonal()) / (channels - 1)
+
+
+def adaptive_strengths(rhos: list[torch.Tensor], lam: float, clip: tuple[float, float] = (0.1, 10.0),
+                       apply_clip: bool = True) -> list[torch.Tensor]:
+    """lambda_{l,c} = lam * rho_{l,c} / mean over all layers and channels of rho, clipped to clip x lam."""
+    mean = torch.cat([r.flatten() for r in rhos]).mean()
+    if not torch.isfinite(mean) or mean <= EPS:
+        return [torch.full_like(r, lam) for r in rhos]
+    out = [lam * r / mean for r in rhos]
+    if apply_clip:
+        out = [s.clamp(clip[0] * lam, clip[1] * lam) for s in out]
+    return out
+
+
+def cap_association(feats: torch.Tensor) -> torch.Tensor:
+    """CAP channel association softmax_rows(F F^T / P) of a C x P feature matrix."""
+    return torch.softmax(feats @ feats.t() / max(feats.shape[1], 1), dim=1)
+
+
+def cap_guide(association: torch.Tensor) -> torch.Tensor:
+    """g = 1 - diag(A) / max(diag(A)), rescaled to mean 1 (uniform 1 when every channel is alike)."""
+    diag = association.diagonal()
+    guide = 1 - diag / diag.max().clamp_min(EPS)
+    mean = guide.mean()
+    if mean <= 1e-6:
+        return torch.ones_like(guide)
+    return guide / mean
+
+
+def share_within_groups(graph: PruningGraph, per_bn: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Coupled channels share one strength: the mean over the group's BN channels it maps to."""
+    shared = {name: s.clone() for name, s in per_bn.items()}
+    for group in graph.groups:
+        if len(group.bns) < 2:
+            continue
+        device = next(iter(per_bn.values())).device
+        total = torch.zeros(group.size, device=device)
+        count = torch.zeros(group.size, device=device)
+        for slot in group.bns:
+            gi = torch.tensor(slot.group_index, device=device)
+            total.index_add_(0, gi, per_bn[slot.name][slot.bn_index])
+            count.index_add_(0, gi, torch.ones(len(gi), device=device))
+        mean = total / count.clamp_min(1)
+        for slot in group.bns:
+            shared[slot.name][slot.bn_index] = mean[slot.group_index]
+    return shared
+
+
+# ---------------------------------------------------------------------------------------------- regularisers
+class Regulariser:
+    """Base: holds the prunable BN layers; `after_backward(model, step)` is fit()'s hook."""
+    name = "base"
+
+    def __init__(self, graph: PruningGraph, lam: float):
+        self.graph = graph
+        self.lam = float(lam)
+        self.bns: dict[str, nn.Module] = {n: graph.module(n) for n in graph.bn_names()}
+
+    def attach(self) -> "Regulariser":
+        return self
+
+    def detach(self) -> None:
+        pass
+
+    def strengths(self) -> dict[str, torch.Tensor]:
+        return {n: torch.full_like(bn.weight.detach(), self.lam) for n, bn in self.bns.items()}
+
+    def _check_finite(self, step: int) -> None:
+        for name, bn in self.bns.items():
+            grad = bn.weight.grad
+            if grad is not None and not torch.isfinite(grad).all():
+                raise SparsityDiverged(
+                    f"{self.name} sparsity learning diverged at step {step} (non-finite gradient in '{name}'); "
+                    f"lower prune.sparsity.lam (now {self.lam:g}) or prune.sparsity.lr")
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        self.after_backward(model, step)
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        self._check_finite(step)
+        strengths = self.strengths()
+        with torch.no_grad():
+            for name, bn in self.bns.items():
+                if bn.weight.grad is None:
+                    continue
+                bn.weight.grad.add_(strengths[name].to(bn.weight.device) * torch.sign(bn.weight.detach()))
+
+    def describe(self) -> dict:
+        s = self.strengths()
+        flat = torch.cat([v.flatten() for v in s.values()]) if s else torch.zeros(1)
+        return {"method": self.name, "lam": self.lam, "strength_min": float(flat.min()),
+                "strength_mean": float(flat.mean()), "strength_max": float(flat.max())}
+
+
+class SlimmingRegulariser(Regulariser):
+    """Network Slimming: uniform L1 on the prunable gammas."""
+    name = "slimming"
+
+
+class _AffinityRegulariser(Regulariser):
+    """Shared machinery of ACSL and CAP: BN forward hooks, sampled refresh, EMA of a C x C matrix."""
+
+    def __init__(self, graph: PruningGraph, lam: float, *, refresh_every: int = 10, ema_momentum: float = 0.9,
+                 clip: tuple[float, float] = (0.1, 10.0), max_positions: int = 4096, seed: int = 0):
+        super().__init__(graph, lam)
+        self.refresh_every = int(refresh_every)
+        self.ema_momentum = float(ema_momentum)
+        self.clip = (float(clip[0]), float(clip[1]))
+        self.max_positions = int(max_positions)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.matrices: dict[str, torch.Tensor] = {}
+        self._forwards = 0
+        self._capturing = False
+        self._handles: list = []
+        self._cached: Optional[dict[str, torch.Tensor]] = None
+
+    def matrix(self, feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_layer(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def attach(self) -> "_AffinityRegulariser":
+        model = self.graph.model
+        self._handles.append(model.register_forward_pre_hook(self._pre_forward))
+        for name, bn in self.bns.items():
+            self._handles.append(bn.register_forward_hook(self._bn_hook(name)))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _pre_forward(self, module: nn.Module, inputs) -> None:
+        if module.training:
+            self._capturing = self._forwards % self.refresh_every == 0
+            self._forwards += 1
+        else:
+            self._capturing = False
+
+    def _bn_hook(self, name: str):
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            if self._capturing and module.training:
+                self.observe(name, output)
+        return hook
+
+    @torch.no_grad()
+    def observe(self, name: str, output: torch.Tensor) -> None:
+        """Fold one batch of BN output into the EMA matrix of layer `name`."""
+        current = self.matrix(sample_positions(output, self.max_positions, self.generator))
+        previous = self.matrices.get(name)
+        if previous is None:
+            self.matrices[name] = current
+        else:
+            previous.mul_(self.ema_momentum).add_(current, alpha=1 - self.ema_momentum)
+        self._cached = None
+
+    def strengths(self) -> dict[str, torch.Tensor]:
+        if len(self.matrices) < len(self.bns):
+            return super().strengths()  # until every layer has been observed once
+        if self._cached is None:
+            self._cached = share_within_groups(self.graph, self.per_layer())
+        return self._cached
+
+
+class ACSLRegulariser(_AffinityRegulariser):
+    """Adaptive correlation-driven sparsity learning (ACSL.md section 3)."""
+    name = "acsl"
+
+    def matrix(self, feats: torch.Tensor) -> torch.Tensor:
+        return channel_affinity(feats)
+
+    def redundancies(self) -> dict[str, torch.Tensor]:
+        return {n: redundancy(self.matrices[n]) for n in self.bns}
+
+    def per_layer(self) -> dict[str, torch.Tensor]:
+        rhos = self.redundancies()
+        names = list(rhos)
+        values = adaptive_strengths([rhos[n] for n in names], self.lam, self.clip)
+        return dict(zip(names, values))
+
+
+class CAPRegulariser(_AffinityRegulariser):
+    """Context-aware guided sparsification (ACSL.md section 2)."""
+    name = "cap"
+
+    def matrix(self, feats: torch.Tensor) -> torch.Tensor:
+        return cap_association(feats)
+
+    def per_layer(self) -> dict[str, torch.Tensor]:
+        return {n: self.lam * cap_guide(self.matrices[n]) for n in self.bns}
+
+
+class GroupNormRegulariser(Regulariser):
+    """DepGraph group-norm sparse learning through Torch-Pruning's GroupNormPruner."""
+    name = "depgraph"
+
+    def __init__(self, graph: PruningGraph, lam: float):
+        super().__init__(graph, lam)
+        import torch_pruning as tp
+
+        model = graph.model
+        was_training = model.training
+        model.eval()
+        try:
+            self.pruner = tp.pruner.GroupNormPruner(
+                model, example_inputs(model, graph.input_size), importance=tp.importance.GroupMagnitudeImportance(p=2),
+                reg=self.lam, ignored_layers=output_layers(model))
+        finally:
+            model.train(was_training)
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        self._check_finite(step)
+        self.pruner.regularize(model)
+
+
+SPARSITY_METHODS = ("acsl", "cap", "slimming", "depgraph")
+
+
+def make_regulariser(method: str, graph: PruningGraph, sparsity_cfg, seed: int = 0) -> Regulariser:
+    """The regulariser of `method` with cfg.prune.sparsity hyperparameters."""
+    s = sparsity_cfg
+    if method == "acsl":
+        return ACSLRegulariser(graph, s.lam, refresh_every=s.refresh_every, ema_momentum=s.ema_momentum,
+                               clip=tuple(s.clip), max_positions=s.max_positions, seed=seed)
+    if method == "cap":
+        return CAPRegulariser(graph, s.lam, refresh_every=s.refresh_every, ema_momentum=s.ema_momentum,
+                              clip=tuple(s.clip), max_positions=s.max_positions, seed=seed)
+    if method == "slimming":
+        return SlimmingRegulariser(graph, s.lam)
+    if method == "depgraph":
+        return GroupNormRegulariser(graph, s.lam)
+    raise ToolchainError(f"method '{method}' has no sparsity-learning phase (those that do: {', '.join(SPARSITY_METHODS)})")
