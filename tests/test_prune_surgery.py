@@ -9,7 +9,6 @@ import torch
 from prune_nets import TinyCustom, TinyResCat, TinyUnpool
 from toolchain.errors import ToolchainError
 from toolchain.models import create_model
-from toolchain.prune import groups as groups_mod
 from toolchain.prune.groups import build_pruning_graph, example_inputs
 from toolchain.prune.select import CostModel, parse_budget, select_channels
 from toolchain.prune.surgery import (prune_model, relative_error, removed_bn_channels, slim,
@@ -80,14 +79,22 @@ def test_segnet_encoder_and_decoder_unpool_land_in_one_group():
         assert any(enc in r and dec in r for r in roots), (enc, dec)
 
 
-def test_segnet_without_trace_adapter_is_caught(monkeypatch):
-    """The `==` mask hides the coupling from autograd: without the adapter the proof must fail."""
-    monkeypatch.setattr(groups_mod, "_TRACE_ADAPTERS", [])
+def _unpool_with_equality(x, encoder_output, pooled):
+    """SegNet's unpooling with a boolean mask: autograd (and so the tracer) cannot see the coupling."""
+    size = encoder_output.shape[-2:]
+    mask = torch.nn.functional.interpolate(pooled, size=size, mode="nearest") == encoder_output
+    return torch.nn.functional.interpolate(x, size=size, mode="nearest") * mask.to(x.dtype)
+
+
+def test_segnet_with_untraceable_unpool_mask_is_caught(monkeypatch):
+    """Written with `==`, the encoder/decoder coupling is invisible: pruning must fail, never be silently wrong."""
+    import toolchain.models.segnet as segnet_module
+
+    monkeypatch.setattr(segnet_module, "unpool_like", _unpool_with_equality)
     model = create_model("segnet", 3, width=0.125)
     graph = build_pruning_graph(model, (32, 32))
-    cost = CostModel(graph)
     saliency = [torch.rand(g.size, generator=torch.Generator().manual_seed(0)) for g in graph.groups]
-    selection = select_channels(graph, saliency, parse_budget("params=0.5"), cost.params, min_channels=1)
+    selection = select_channels(graph, saliency, parse_budget("params=0.5"), CostModel(graph).params, min_channels=1)
     with pytest.raises((ToolchainError, RuntimeError)):
         prune_model(graph, selection.removed, verify=True)
 

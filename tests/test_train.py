@@ -128,3 +128,15 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_seg_config, tmp_path):
     model, _ = load_model(tmp_path / "ddp" / "dense_last.pt", cfg_single)
     single_val = evaluate(model, cfg_single, "val")["miou"]
     assert abs(ddp["history"][0]["val"]["miou"] - single_val) < 1e-6
+
+
+def test_real_data_path_replaces_demo_data(tiny_seg_config, capsys):
+    """`--data` with a demo (synthetic) config switches to the real loader; the wrong task is an error."""
+    from conftest import real_data
+
+    camvid, shb = real_data("camvid"), real_data("shanghaitech_b")
+    assert acsl(["data", "check", str(tiny_seg_config), "--data", str(camvid)]) == 0
+    assert "CamVid" in capsys.readouterr().out
+    assert acsl(["data", "check", str(tiny_seg_config), "--data", str(shb)]) == 2
+    err = capsys.readouterr().err
+    assert "counting dataset" in err and "task is segmentation" in err

@@ -17,6 +17,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     overrides = parse_dotted_overrides(args.overrides)
-    if args.data:  # relative to where the user stands, not to the config file
-        overrides.setdefault("data", {})["root"] = str(Path(args.data).expanduser().resolve())
-    return load_config(args.config, profile=args.profile, overrides=overrides)
+    if not args.data:
+        return load_config(args.config, profile=args.profile, overrides=overrides)
+    root = Path(args.data).expanduser().resolve()  # relative to where the user stands, not to the config
+    overrides.setdefault("data", {})["root"] = str(root)
+    cfg = load_config(args.config, profile=args.profile, overrides=overrides)
+    if cfg.data.kind == "synthetic":  # a real folder given to a demo config: the real loader is used
+        from toolchain.data.layout import real_data_overrides
+
+        overrides["data"].update(real_data_overrides(root, cfg.task))
+        cfg = load_config(args.config, profile=args.profile, overrides=overrides)
+    return cfg

@@ -60,3 +60,31 @@ def require_root(cfg, kind: str) -> Path:
                              f"{EXPECTED[kind].format(split='train')}, found {what}; point --data at a "
                              f"{kind} folder or {fix}")
     return root
+
+
+CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+                  "pedestrian", "bicyclist"]
+TASK_OF_KIND = {"camvid": "segmentation", "shanghaitech": "counting", "image_folder": "classification"}
+
+
+def real_data_overrides(root: Path, task: str) -> dict:
+    """Data settings for a real folder given to a config written for the built-in demo data.
+
+    `acsl deploy configs/demo.yaml --data ../shared/data/camvid` must run on real CamVid: the layout
+    is detected and the dataset's class settings replace the demo's. A folder of another task is a
+    one-line error.
+    """
+    kind = detect_layout(root)
+    if kind is None:
+        raise ToolchainError(f"data folder {root} has no known dataset layout; expected one of: "
+                             + "; ".join(EXPECTED[k].format(split="train") for k in EXPECTED))
+    if TASK_OF_KIND[kind] != task:
+        raise ToolchainError(f"data folder {root} holds a {TASK_OF_KIND[kind]} dataset ({kind}) but the config's task "
+                             f"is {task}; use a {TASK_OF_KIND[kind]} config or point --data at a {task} dataset")
+    out: dict = {"kind": kind, "root": str(root)}
+    if kind == "camvid":
+        out.update(num_classes=len(CAMVID_CLASSES), ignore_index=11, class_names=CAMVID_CLASSES)
+    elif kind == "image_folder":
+        classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        out.update(num_classes=len(classes), class_names=classes)
+    return out

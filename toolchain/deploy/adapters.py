@@ -26,9 +26,15 @@ def _module(name: str):
 def prune_pipeline(cfg, dense_checkpoint: Path, folder: Path, *, resume: bool, log: Log) -> tuple[Path, dict]:
     """ACSL-prune the dense checkpoint to cfg.prune.budget and recover; returns (slim checkpoint, summary)."""
     pipeline = _module("toolchain.prune.pipeline")
-    if pipeline is not None and hasattr(pipeline, "run_prune_pipeline"):
-        result = pipeline.run_prune_pipeline(cfg, dense_checkpoint, folder, resume=resume, log=log)
-        return Path(result.slim_checkpoint), dict(getattr(result, "summary", {}) or {})
+    if pipeline is not None and hasattr(pipeline, "run_prune"):
+        final = pipeline.run_prune(cfg, dense_checkpoint, out=folder, evaluate_test=False)
+        summary = {"method": final["method"], "budget": final["budget"], "recover": final["recover"],
+                   "metric": final["val"], "metric_name": final["metric"],
+                   "fraction_removed": final["fraction_removed"], "params_after": final["after"].get("params"),
+                   "macs_after": final["after"].get("macs")}
+        log(f"  pruned {final['fraction_removed'][final['budget']['kind']]:.1%} of {final['budget']['kind']}, "
+            f"recovered ({final['recover']}): val {final['metric']} {final['val']:.4f}")
+        return Path(final["checkpoint"]), summary
     return _prune_from_parts(cfg, dense_checkpoint, folder, resume=resume, log=log)
 
 
@@ -74,7 +80,7 @@ def _prune_from_parts(cfg, dense_checkpoint: Path, folder: Path, *, resume: bool
         return save_checkpoint(folder / "slim-unrecovered.pt", slim_model, cfg, channel_plan=plan), summary
     res = fit(cfg, slim_model, folder / "recover", epochs=rec.epochs, lr=rec.lr or cfg.train.lr / 10,
               resume=resume, stage="recover", extra_checkpoint={"channel_plan": plan})
-    summary["recover"] = {"metric": res.best_metric, "metric_name": res.metric_name, "epochs": res.epochs}
+    summary.update({"metric": res.best_metric, "metric_name": res.metric_name, "recover_epochs": res.epochs})
     return Path(res.best_path), summary
 
 
@@ -112,15 +118,8 @@ def _build_with_builder(build_pkg, cfg, onnx_path, target, precision, folder, lo
                 "record": {}}
     record = dict(result.record or {})
     artifact = Path(result.artifact) if result.artifact else None
-    extra = {}
-    for key in ("build_engine.sh", "trtexec.txt", "calibration.cache"):
-        p = Path(folder) / key
-        if p.is_file():
-            extra[key] = p
-    if artifact is not None and artifact.suffix in (".engine", ".plan"):
-        sidecar = artifact.with_name(artifact.name + ".json")
-        if sidecar.is_file():
-            extra[sidecar.name] = sidecar
+    extra = {p.relative_to(folder).as_posix(): p for p in sorted(Path(folder).rglob("*"))
+             if p.is_file() and _bundle_worthy(p, artifact)}
     status = record.get("status", "ok")
     if not getattr(result, "engine_built", True) and target.backend == "tensorrt":
         return {"status": "not-built", "kind": "build-script",
@@ -129,6 +128,17 @@ def _build_with_builder(build_pkg, cfg, onnx_path, target, precision, folder, lo
     kind = "tensorrt-engine" if artifact is not None and artifact.suffix in (".engine", ".plan") else "onnx"
     return {"status": status if status in ("ok", "failed", "skipped") else "ok", "reason": record.get("reason"),
             "kind": kind, "artifact": artifact, "extra_files": extra, "record": record}
+
+
+_BUNDLE_NAMES = ("build.json", "build_engine.sh", "trtexec.txt", "ort_calibration_ranges.json", "calibration_set.json")
+_BUNDLE_SUFFIXES = (".qdq.onnx", ".cache", ".engine.json", ".plan.json")
+
+
+def _bundle_worthy(path: Path, artifact) -> bool:
+    """Build outputs a bundle carries: record, Q/DQ ONNX, calibration cache, scripts, engine sidecar."""
+    if artifact is not None and path.resolve() == Path(artifact).resolve():
+        return False
+    return path.name in _BUNDLE_NAMES or path.name.endswith(_BUNDLE_SUFFIXES)
 
 
 def _ort_int8_fallback(cfg, onnx_path: Path, folder: Path, log: Log) -> dict:

@@ -8,6 +8,7 @@ The bundle goes to `<deploy.out_dir>/<target>/` (or --out) and is written atomic
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from toolchain.deploy import adapters, stages
 from toolchain.deploy.bundle import write_bundle
 from toolchain.deploy.cache import StageCache, StageRecord, code_version
 from toolchain.errors import ToolchainError
-from toolchain.utils.io import read_json, sha256_json, write_json
+from toolchain.utils.io import atomic_path, read_json, sha256_json, write_json
 
 VARIANTS = ("dense", "slim")
 
@@ -52,16 +53,16 @@ def run_deploy(cfg, target_name: str, *, checkpoint: Optional[str] = None, out_d
 
     upstream = {"checkpoint": _sha(ckpt)} if ckpt else {}
     done["train"] = cache.run("train", _section(cfg, "model", "data", "train"), upstream,
-                              code_version("models", "data", "train"),
+                              code_version("models", "data", "train", "deploy/stages.py"),
                               lambda f, r: stages.train_dense(cfg, f, r, ckpt, log))
     dense_ckpt = done["train"].artifacts["checkpoint"]
     done["prune"] = cache.run("prune", _section(cfg, "model", "data", "train", "prune"),
-                              {"dense": done["train"].sha256["checkpoint"]}, code_version("prune", "train", "models"),
+                              {"dense": done["train"].sha256["checkpoint"]}, code_version("prune", "train", "models", "deploy/stages.py", "deploy/adapters.py"),
                               lambda f, r: stages.prune_and_recover(cfg, dense_ckpt, f, r, log))
     checkpoints = {"dense": dense_ckpt, "slim": done["prune"].artifacts["checkpoint"]}
     done["export"] = cache.run("export", _section(cfg, "export"),
                                {"dense": done["train"].sha256["checkpoint"], "slim": done["prune"].sha256["checkpoint"]},
-                               code_version("export"),
+                               code_version("export", "deploy/stages.py"),
                                lambda f, r: stages.export_variants(cfg, checkpoints, f, target.name, log))
     onnx = {v: done["export"].artifacts[v] for v in VARIANTS}
     target_spec = target.model_dump(mode="json", exclude={"source"})
@@ -96,7 +97,7 @@ def _build_stage(cfg, target, onnx: dict[str, Path], folder: Path, log):
             log(f"  build {name} for {target.name}")
             row = adapters.build_precision(cfg, onnx[variant], target, precision, folder / name, log)
             if row["artifact"] is not None:
-                artifacts[name] = Path(row["artifact"])
+                artifacts[name] = _inside(Path(row["artifact"]), folder / name)
             for extra_name, path in row["extra_files"].items():
                 artifacts[f"{name}/{extra_name}"] = Path(path)
             rows[name] = {k: (str(v) if isinstance(v, Path) else v) for k, v in row.items() if k != "extra_files"}
@@ -106,6 +107,16 @@ def _build_stage(cfg, target, onnx: dict[str, Path], folder: Path, log):
     if not artifacts:
         raise ToolchainError(f"no variant could be built for {target.name}; see the reasons above")
     return artifacts, {"rows": rows}
+
+
+def _inside(path: Path, folder: Path) -> Path:
+    """A stage owns its artifacts: copy a file produced elsewhere (e.g. the FP32 ONNX) into its folder."""
+    if folder.resolve() in path.resolve().parents:
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / path.name) as tmp:
+        shutil.copyfile(path, tmp)
+    return folder / path.name
 
 
 # -- profile ---------------------------------------------------------------------------------------
@@ -211,7 +222,7 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
             report["variants"].append(row)
     report["layers_before_after"] = compare_layers(onnx_cost(onnx["dense"]), onnx_cost(onnx["slim"]))
     report["pytorch_metrics"] = {"dense": done["train"].summary.get("metric"),
-                                 "slim": (done["prune"].summary.get("recover") or {}).get("metric")}
+                                 "slim": done["prune"].summary.get("metric")}
     return report
 
 

@@ -12,23 +12,18 @@ Traps this module defends against (each has a test):
 - `ignored_layers` are module *instances* (`model.output_layers()`), checked to be modules of the model;
 - a layer holding parameters the tracer does not know is refused with a message naming it and the
   custom-pruner hook (`register_custom_pruner`);
-- SegNet's unpooling mask `interpolate(maxpool(e)) == e` carries no gradient, so the tracer would not
-  couple the encoder stage with the decoder feature it unpools; a *trace adapter* substitutes an
-  equal, differentiable mask while tracing (see `register_trace_adapter`). Surgery then proves every
-  pruning numerically (`surgery.verify_equivalence`), so a coupling the tracer still misses fails
-  loudly instead of silently.
+- a coupling autograd cannot see (MaxUnpool indices, or a SegNet mask written `up(maxpool(e)) == e`,
+  whose comparison has no autograd node; the zoo writes it with `sign` so the tracer couples the
+  encoder stage with the decoder feature it unpools) is caught by surgery's numerical proof
+  (`surgery.verify_equivalence`): it fails loudly instead of unpooling with the wrong channels.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from toolchain.errors import ToolchainError
 
@@ -37,7 +32,6 @@ KNOWN_PARAM_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Li
                       nn.BatchNorm2d, nn.LayerNorm, nn.PReLU, nn.GroupNorm, nn.InstanceNorm2d, nn.Embedding)
 
 _CUSTOM_PRUNERS: dict[type, object] = {}
-_TRACE_ADAPTERS: list[tuple[str, str, Callable]] = []
 
 
 def register_custom_pruner(layer_type: type, pruner) -> None:
@@ -50,40 +44,6 @@ def register_custom_pruner(layer_type: type, pruner) -> None:
 
 def custom_pruners() -> dict[type, object]:
     return dict(_CUSTOM_PRUNERS)
-
-
-def register_trace_adapter(module_path: str, attribute: str, replacement: Callable) -> None:
-    """While tracing only, replace `module_path.attribute` by `replacement` (same numbers, but
-    differentiable where the original hides a channel coupling from autograd)."""
-    _TRACE_ADAPTERS.append((module_path, attribute, replacement))
-
-
-def _traceable_unpool_like(x: torch.Tensor, encoder_output: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """SegNet's `unpool_like` with a mask autograd sees: 1 - sign(|up(pooled) - e|) equals (up(pooled) == e)."""
-    size = encoder_output.shape[-2:]
-    mask = 1 - torch.sign(torch.abs(F.interpolate(pooled, size=size, mode="nearest") - encoder_output))
-    return F.interpolate(x, size=size, mode="nearest") * mask
-
-
-register_trace_adapter("toolchain.models.segnet", "unpool_like", _traceable_unpool_like)
-
-
-@contextlib.contextmanager
-def _trace_adapters() -> Iterator[None]:
-    saved = []
-    try:
-        for module_path, attribute, replacement in _TRACE_ADAPTERS:
-            try:
-                module = importlib.import_module(module_path)
-            except ModuleNotFoundError:
-                continue
-            if hasattr(module, attribute):
-                saved.append((module, attribute, getattr(module, attribute)))
-                setattr(module, attribute, replacement)
-        yield
-    finally:
-        for module, attribute, original in reversed(saved):
-            setattr(module, attribute, original)
 
 
 @dataclass
@@ -194,7 +154,7 @@ def _trace(model: nn.Module, inputs: torch.Tensor):
     was_training = model.training
     model.eval()  # tracing must not update BN running statistics
     try:
-        with torch.enable_grad(), _trace_adapters():
+        with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=inputs, customized_pruners=dict(_CUSTOM_PRUNERS) or None, verbose=False)
     except ToolchainError:

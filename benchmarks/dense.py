@@ -1,0 +1,122 @@
+"""Dense reference baselines: train a config's model and commit its numbers and curve.
+
+    python benchmarks/dense.py configs/camvid_segnet.yaml --profile quick
+
+Trains with `acsl train` (resumable: rerun the same command after an interruption), then writes
+benchmarks/results/dense_<dataset>_<model>.json, a training-curve PNG beside it, and regenerates the
+table in benchmarks/results/README.md from every dense_*.json there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from toolchain.cli import main as acsl  # noqa: E402
+from toolchain.config import load_config  # noqa: E402
+from toolchain.utils.io import read_json, write_json  # noqa: E402
+from toolchain.utils.provenance import git_commit, machine  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def dataset_name(cfg) -> str:
+    root = cfg.data_root()
+    return root.name if root else "synthetic"
+
+
+def plot_curve(history: list, metric: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history if "val" in h]
+    values = [h["val"][metric] for h in history if "val" in h]
+    losses = [h["loss"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(epochs, values, marker="o", ms=3, label=f"val {metric}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"val {metric}")
+    ax2 = ax.twinx()
+    ax2.plot([h["epoch"] for h in history], losses, color="tab:gray", alpha=0.6, label="train loss")
+    ax2.set_ylabel("train loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.9), ncol=2, fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_table() -> None:
+    rows = []
+    for f in sorted(RESULTS.glob("dense_*.json")):
+        r = read_json(f)
+        rows.append(f"| {r['dataset']} | {r['model']} (width {r['width']}) | {r['input_size'][0]}x{r['input_size'][1]} | "
+                    f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['metric']} | {r['val']:.2f} | {r['test']:.2f} | "
+                    f"{r['epochs']} | {r['train_images_per_s']:.1f} | {r['wall_s'] / 60:.1f} | [curve]({f.stem}.png) |")
+    header = ["# Dense reference baselines", "",
+              "Trained from scratch with the quick profile (sized for 2 CPU cores). Each row's JSON holds the exact",
+              "command that reproduces it, the machine and the git commit. Metrics: mIoU / top-1 in percent, MAE in heads.",
+              "", "| dataset | model | input | params (M) | GMACs | metric | val | test | epochs | train img/s | wall (min) | curve |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    text = "\n".join(header + rows) + "\n"
+    readme = RESULTS / "README.md"
+    other = ""
+    if readme.is_file():
+        old = readme.read_text()
+        marker = "\n<!-- more results below -->"
+        if marker in old:
+            other = old[old.index(marker):]
+    from toolchain.utils.io import atomic_write_text
+
+    atomic_write_text(readme, text + (other or "\n<!-- more results below -->\n"))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--data")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, profile=args.profile)
+    run_dir = REPO / "benchmarks" / ".runs" / f"{cfg.name}_{args.profile}"
+    train_args = ["train", args.config, "--profile", args.profile, "--out", str(run_dir)]
+    if args.data:
+        train_args += ["--data", args.data]
+    if (run_dir / "dense_last.pt").is_file():
+        train_args.append("--resume")
+    code = acsl(train_args)
+    if code:
+        return code
+    rec = read_json(run_dir / "train_record.json")
+    hist = read_json(run_dir / "dense_history.json")
+    name = f"dense_{dataset_name(cfg)}_{cfg.model.name}"
+    command = "python benchmarks/dense.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    result = {
+        "dataset": dataset_name(cfg), "model": cfg.model.name, "width": cfg.model.width, "profile": args.profile,
+        "input_size": rec["input_size"], "params": rec["params"], "macs": rec["macs"], "metric": rec["metric"],
+        "higher_is_better": rec["metric"] != "mae", "val": rec["val"], "test": rec["test"][rec["metric"]],
+        "test_all": rec["test"], "best_epoch": rec["best_epoch"], "epochs": rec["epochs"],
+        "train_images_per_s": rec["train_images_per_s"], "wall_s": rec["wall_s"], "machine": machine(),
+        "command": command, "git_commit": git_commit(), "history": hist["history"],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / f"{name}.json", result)
+    plot_curve(hist["history"], rec["metric"], f"{result['dataset']} {result['model']} (width {result['width']})",
+               RESULTS / f"{name}.png")
+    write_table()
+    print(json.dumps({k: result[k] for k in ("dataset", "model", "metric", "val", "test", "wall_s")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

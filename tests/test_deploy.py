@@ -1,0 +1,230 @@
+"""The whole `acsl deploy` (TARGET=cpu) on the built-in demo, in a temp dir, plus resume and bad input."""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolchain.config import load_config
+from toolchain.deploy.bundle import verify_bundle, write_bundle
+from toolchain.deploy.pipeline import run_deploy
+from toolchain.errors import ToolchainError
+from toolchain.report.schema import VARIANT_FIELDS, validate_report
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def fast_demo(tmp: Path, **extra):
+    """configs/demo.yaml shrunk for a test: 32x32, 1 epoch per phase, a few images."""
+    overrides = {"out_dir": str(tmp / "runs"), "deploy": {"out_dir": str(tmp / "deploy"), "eval_images": 8},
+                 "data": {"input_size": [32, 32], "max_images": 16},
+                 "train": {"epochs": 1, "threads": 1},
+                 "prune": {"sparsity": {"epochs": 1}, "recover": {"epochs": 1}},
+                 "quantize": {"calib_images": 4, "gate": 0.01}}
+    from toolchain.config import deep_merge
+
+    return load_config(ROOT / "configs" / "demo.yaml", overrides=deep_merge(overrides, extra))
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deploy")
+    cfg = fast_demo(tmp)
+    logs: list[str] = []
+    result = run_deploy(cfg, "cpu", runs=5, warmup_s=0.0, log=logs.append)
+    return cfg, result, logs, tmp
+
+
+def test_bundle_checksums_and_manifest(deployed):
+    _, result, logs, _ = deployed
+    manifest = verify_bundle(result.bundle)
+    assert set(manifest["files"]) >= {"slim.onnx", "dense.onnx", "slim-fp32.onnx", "report.json", "report.html"}
+    assert manifest["task"] == "segmentation" and manifest["input"]["layout"] == "NCHW"
+    assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and manifest["channel_plan"]
+    assert {a["precision"] for a in manifest["artifacts"]} == {"fp32", "int8"}
+    assert any(name.endswith(".qdq.onnx") for name in manifest["files"])
+    assert not list(result.bundle.parent.glob(".cpu.partial-*"))
+    assert any("report:" in line for line in logs)
+
+
+def test_report_has_every_field(deployed):
+    _, result, _, _ = deployed
+    report = validate_report(json.loads(result.report_json.read_text()))
+    assert report["schema"] == "acsl-report/1" and report["on_target_device"] is True
+    names = {r["variant"] for r in report["variants"]}
+    assert names == {"dense-fp32", "dense-int8", "slim-fp32", "slim-int8"}
+    for row in report["variants"]:
+        assert set(VARIANT_FIELDS) <= set(row)
+        if row["status"] == "ok":
+            assert row["latency_median_ms"] > 0 and row["latency_p99_ms"] >= row["latency_median_ms"]
+            assert row["accuracy"] is not None and row["measured_on"] and row["size_bytes"] > 0
+            assert row["profile"]["latency"]["1"]["runs"] == 5
+            assert row["profile"]["layers_top10"]["layers"]
+    assert report["layers_before_after"] and "data:image/png;base64," in result.report_html.read_text()
+
+
+def test_load_bundle_reproduces_exported_onnx(deployed):
+    import onnxruntime as ort
+
+    from toolchain.data.transforms import preprocess
+    from toolchain.runtime import load
+
+    cfg, result, _, _ = deployed
+    frame = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    model = load(result.bundle, precision="fp32")
+    out = model(frame)
+    sess = ort.InferenceSession(str(result.bundle / "slim.onnx"), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {"input": preprocess(frame, cfg.preprocessing())[None]})[0][0]
+    np.testing.assert_allclose(out.raw, ref, rtol=1e-4, atol=1e-4)
+    assert out.class_map.shape == (32, 32) and (out.class_map == ref.argmax(0)).all()
+    bgr = model(frame[:, :, ::-1].copy(), color="BGR")
+    np.testing.assert_allclose(bgr.raw, out.raw, rtol=1e-5, atol=1e-5)
+    assert model.warmup(seconds=0.0, min_runs=2) == 2
+    model(frame)
+    assert model.latency_stats()["runs"] == 1
+
+
+def test_rerun_skips_and_change_reruns_later_stages(deployed):
+    cfg, result, _, tmp = deployed
+    logs: list[str] = []
+    run_deploy(cfg, "cpu", runs=5, warmup_s=0.0, log=logs.append)
+    skipped = [l for l in logs if "skipped" in l]
+    assert len(skipped) == 6, logs  # train, prune, export, build, profile, bundle
+    changed = fast_demo(tmp, deploy={"eval_images": 4})
+    logs.clear()
+    run_deploy(changed, "cpu", runs=5, warmup_s=0.0, log=logs.append)
+    ran = {l.split("] ")[1].split(":")[0] for l in logs if l.endswith(": started")}
+    assert ran == {"build", "profile", "bundle"}, logs
+
+
+def test_killed_profile_resumes_with_complete_artifacts_only(deployed, monkeypatch):
+    cfg, result, _, _ = deployed
+    import toolchain.profile.profiler as profiler
+
+    profile_dir = cfg.run_dir() / "stages" / "cpu" / "profile"
+    real = profiler.profile_engine
+    calls = {"n": 0}
+
+    def dies_on_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C / the machine was killed mid-stage
+        return real(*a, **k)
+
+    cfg2 = cfg.model_copy(deep=True)
+    monkeypatch.setattr(profiler, "profile_engine", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_deploy(cfg2, "cpu", runs=6, warmup_s=0.0, log=lambda s: None)
+    assert not (profile_dir / "done.json").exists()
+    monkeypatch.setattr(profiler, "profile_engine", real)
+    # an artifact of a finished stage is damaged: that stage must not be reused
+    build_done = json.loads((cfg.run_dir() / "stages" / "cpu" / "build" / "done.json").read_text())
+    victim = cfg.run_dir() / "stages" / "cpu" / "build" / build_done["artifacts"]["slim-fp32"]["path"]
+    victim.write_bytes(victim.read_bytes()[:100])
+    logs: list[str] = []
+    out = run_deploy(cfg2, "cpu", runs=6, warmup_s=0.0, log=logs.append)
+    started = {l.split("] ")[1].split(":")[0] for l in logs if l.endswith(("started", "resuming"))}
+    assert started == {"build", "profile", "bundle"}, logs
+    verify_bundle(out.bundle)
+
+
+def test_unknown_target(deployed):
+    cfg = deployed[0]
+    with pytest.raises(ToolchainError, match="jetson-nano-9000"):
+        run_deploy(cfg, "jetson-nano-9000", log=lambda s: None)
+
+
+def test_bundle_missing_or_altered_file(deployed, tmp_path):
+    from toolchain.runtime import load
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(deployed[1].bundle, copy)
+    (copy / "slim-fp32.onnx").write_bytes((copy / "slim-fp32.onnx").read_bytes() + b"\0")
+    with pytest.raises(ToolchainError, match="does not match its manifest checksum"):
+        load(copy)
+    (copy / "slim-fp32.onnx").unlink()
+    with pytest.raises(ToolchainError, match="missing slim-fp32.onnx"):
+        load(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ToolchainError, match="no manifest.json"):
+        load(copy)
+
+
+def test_engine_for_another_device_falls_back_or_refuses(deployed, tmp_path, monkeypatch):
+    """A bundle whose TensorRT engine's sidecar names another GPU: auto uses ONNX, tensorrt refuses."""
+    import sys
+    import types
+
+    from toolchain.build.sidecar import check_engine_compatible
+    from toolchain.runtime import load
+
+    bundle = tmp_path / "bundle"
+    manifest = verify_bundle(deployed[1].bundle)
+    files = {n: deployed[1].bundle / n for n in manifest["files"]}
+    (tmp_path / "m.engine").write_bytes(b"engine built elsewhere")
+    files["slim-fp32.engine"] = tmp_path / "m.engine"
+    manifest = {k: v for k, v in manifest.items() if k not in ("files", "format")}
+    manifest["artifacts"] = manifest["artifacts"] + [{"file": "slim-fp32.engine", "kind": "tensorrt-engine",
+                                                     "variant": "slim", "precision": "fp32"}]
+    write_bundle(bundle, files, manifest)
+    sidecar = {"tensorrt_version": "10.3.0", "compute_capability": "8.7", "gpu_name": "Orin"}
+
+    class FakeTrtRunner:
+        def __init__(self, path):
+            pass
+
+        def load(self):
+            check_engine_compatible(sidecar, "10.3.0", {"name": "H100", "compute_capability": "9.0"})
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    fake = types.ModuleType("toolchain.runtime.trt_runner")
+    fake.TrtRunner = FakeTrtRunner
+    monkeypatch.setitem(sys.modules, "toolchain.runtime.trt_runner", fake)
+    model = load(bundle, precision="fp32")
+    assert model.runner.backend == "onnxruntime" and "rebuild" in model.fallback_reason
+    with pytest.raises(ToolchainError, match="engines are not portable"):
+        load(bundle, precision="fp32", backend="tensorrt")
+
+
+def test_data_of_the_wrong_task(tmp_path):
+    from toolchain.cli.deploy import data_overrides
+
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "points.json").write_text("{}")
+    with pytest.raises(ToolchainError, match="is a counting dataset .* but .* is a segmentation config"):
+        data_overrides(str(ROOT / "configs" / "demo.yaml"), str(tmp_path))
+
+
+def test_disk_full_leaves_no_valid_looking_bundle(deployed, tmp_path, monkeypatch):
+    import toolchain.deploy.bundle as bundle_mod
+
+    manifest = verify_bundle(deployed[1].bundle)
+    files = {n: deployed[1].bundle / n for n in manifest["files"]}
+    base = {k: v for k, v in manifest.items() if k not in ("files", "format")}
+    dest = tmp_path / "cpu"
+    real_copy, calls = bundle_mod._copy, {"n": 0}
+
+    def full_disk(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_copy(src, dst)
+
+    monkeypatch.setattr(bundle_mod, "_copy", full_disk)
+    with pytest.raises(ToolchainError, match="disk full"):
+        write_bundle(dest, files, base)
+    assert not dest.exists() and not list(tmp_path.glob(".cpu.*"))
+    # over an existing complete bundle: the old one survives intact
+    monkeypatch.setattr(bundle_mod, "_copy", real_copy)
+    write_bundle(dest, files, base)
+    calls["n"] = 0
+    monkeypatch.setattr(bundle_mod, "_copy", full_disk)
+    with pytest.raises(ToolchainError, match="disk full"):
+        write_bundle(dest, files, base)
+    verify_bundle(dest)
+    assert not list(tmp_path.glob(".cpu.*"))

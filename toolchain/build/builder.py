@@ -1,0 +1,263 @@
+"""`acsl build`: ONNX -> an engine for a target (ONNX Runtime or TensorRT), FP32 / FP16 / INT8.
+
+Every build folder is self-contained: the FP32 ONNX it started from, the INT8 artifacts
+(calibration set, Q/DQ model, calibration caches), the engine or optimised model, and
+`build.json`. TensorRT targets always also get `trtexec.txt` and `build_engine.sh`; without
+the `tensorrt` package the engine itself is left to that script on the device.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from toolchain.build.shapes import optimisation_profile
+from toolchain.build.trt_compat import tensorrt_available
+from toolchain.build.trtexec import build_script, trtexec_command
+from toolchain.errors import ToolchainError
+from toolchain.utils.io import atomic_write_text, sha256_file, write_json
+from toolchain.utils.provenance import git_commit, versions
+
+
+@dataclass
+class BuildResult:
+    artifact: Optional[Path]            # engine / optimised ONNX to run (None: engine left to build_engine.sh)
+    record: dict
+    record_path: Path
+    engine_built: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def default_build_dir(cfg, target: str, precision: str) -> Path:
+    return cfg.run_dir() / "build" / f"{target}-{precision}"
+
+
+def _prepare(cfg, onnx_path: Path, target, out_dir: Path, ignore_lint: bool, log):
+    from toolchain.export.lint import lint_onnx
+    from toolchain.export.metadata import read_onnx_metadata
+    from toolchain.export.onnx_io import check_onnx_matches_config, load_onnx
+
+    proto = load_onnx(onnx_path)
+    signature = check_onnx_matches_config(proto, cfg)
+    lint = lint_onnx(proto, target)
+    log(lint.format())
+    if lint.errors and not ignore_lint:
+        first = lint.errors[0]
+        raise ToolchainError(f"target '{target.name}' cannot run {onnx_path.name}: {first.op_type} (node "
+                             f"'{first.node}') {first.message}; change the model or build for --target cpu "
+                             "(or pass --ignore-lint to try anyway)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local = out_dir / "model.onnx"
+    if onnx_path.resolve() != local.resolve():
+        shutil.copyfile(onnx_path, out_dir / ".model.onnx.tmp")
+        (out_dir / ".model.onnx.tmp").replace(local)
+    meta = read_onnx_metadata(proto)
+    return local, signature, lint, meta
+
+
+def _int8(cfg, fp32_onnx: Path, target, out_dir: Path, gate: bool, eval_images: Optional[int], log) -> dict:
+    from toolchain.calibration.calib_set import calibration_set
+    from toolchain.calibration.gate import run_int8_gate
+    from toolchain.calibration.qdq import quantize_qdq
+
+    calib = calibration_set(cfg, n=target.calibration.images)
+    calib.save(out_dir / "calibration")
+    log(f"calibration set: {calib.count} train images (seed {calib.seed}) -> {out_dir / 'calibration'}")
+    if gate:
+        result = run_int8_gate(cfg, fp32_onnx, out_dir, calib, max_images=eval_images, log=log)
+        return {"calib": calib, "gate": result.to_dict(), "qdq": result.int8_onnx, "passed": result.passed}
+    info = quantize_qdq(fp32_onnx, out_dir / "model.int8.qdq.onnx", calib, cfg.quantize.method,
+                        cache_dir=out_dir / "calibration")
+    log("INT8 accuracy gate skipped by request (--no-gate)")
+    return {"calib": calib, "gate": None, "qdq": str(info["path"]), "passed": True}
+
+
+# -- ONNX Runtime ----------------------------------------------------------------------------------
+def ort_providers(target, precision: str, out_dir: Path) -> list:
+    """Providers in the target's order with their options (filtered by availability at load)."""
+    providers = []
+    for name in target.onnxruntime.providers:
+        if name == "TensorrtExecutionProvider":
+            opts = {"trt_fp16_enable": precision in ("fp16", "int8"), "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(out_dir / "trt_ep_cache"), "trt_timing_cache_enable": True,
+                    "trt_max_workspace_size": int(target.workspace_mib) << 20}
+            if target.dla_core is not None:
+                opts.update({"trt_dla_enable": True, "trt_dla_core": int(target.dla_core)})
+            providers.append((name, opts))
+        else:
+            providers.append((name, {}))
+    return providers
+
+
+def build_onnxruntime(cfg, onnx_path: Path, target, precision: str, out_dir: Path, *, gate: bool = True,
+                      ignore_lint: bool = False, eval_images: Optional[int] = None, log=print) -> BuildResult:
+    from toolchain.runtime.ort_runner import OrtRunner, available_providers, filter_providers, session_options
+
+    started = time.perf_counter()
+    fp32, signature, lint, meta = _prepare(cfg, onnx_path, target, out_dir, ignore_lint, log)
+    record: dict = {"backend": "onnxruntime", "notes": []}
+    source, built_precision = fp32, precision
+    if precision == "int8":
+        int8 = _int8(cfg, fp32, target, out_dir, gate, eval_images, log)
+        record["int8"] = {"gate": int8["gate"], "qdq_onnx": int8["qdq"], "calibration": int8["calib"].manifest()}
+        if int8["passed"]:
+            source = Path(int8["qdq"])
+        else:
+            built_precision = "fp32"
+            record["notes"].append("INT8 failed the accuracy gate: built FP32 instead")
+    optimised = out_dir / ("model.int8.opt.onnx" if source != fp32 else "model.opt.onnx")
+    tmp = optimised.with_name("." + optimised.name + ".tmp")
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(source), session_options("basic", optimized_model_path=tmp),
+                         providers=["CPUExecutionProvider"])
+    tmp.replace(optimised)
+    providers = ort_providers(target, built_precision, out_dir)
+    kept, skipped = filter_providers(providers, available_providers())
+    with OrtRunner(optimised, kept, opt_level=target.onnxruntime.graph_optimization_level,
+                   threads=target.onnxruntime.intra_op_threads) as runner:
+        shape = [d if isinstance(d, int) else 1 for d in runner.input_shapes[runner.input_names[0]]]
+        shape[2:] = [d if isinstance(d, int) and d > 0 else s for d, s in zip(shape[2:], cfg.data.input_size)]
+        runner.infer({runner.input_names[0]: np.zeros(shape, np.float32)})
+        used = runner.providers
+    record.update({
+        "target": target.name, "precision_requested": precision, "precision": built_precision,
+        "artifact": optimised.name, "artifact_sha256": sha256_file(optimised), "source_onnx": source.name,
+        "onnx_sha256": sha256_file(fp32), "saved_optimization_level": "basic",
+        "runtime_optimization_level": target.onnxruntime.graph_optimization_level,
+        "intra_op_threads": target.onnxruntime.intra_op_threads,
+        "providers_requested": [p[0] for p in providers], "providers_used": used,
+        "providers_unavailable": skipped, "provider_options": {p[0]: p[1] for p in providers},
+    })
+    return _finish(record, cfg, signature, lint, meta, out_dir, optimised, True, started, log)
+
+
+# -- TensorRT --------------------------------------------------------------------------------------
+def build_tensorrt(cfg, onnx_path: Path, target, precision: str, out_dir: Path, *, gate: bool = True,
+                   ignore_lint: bool = False, dla_core: Optional[int] = None, eval_images: Optional[int] = None,
+                   log=print) -> BuildResult:
+    started = time.perf_counter()
+    fp32, signature, lint, meta = _prepare(cfg, onnx_path, target, out_dir, ignore_lint, log)
+    dla_core = target.dla_core if dla_core is None else dla_core
+    if dla_core is not None and dla_core >= target.dla_cores:
+        raise ToolchainError(f"target '{target.name}' has {target.dla_cores} DLA core(s); --dla-core {dla_core} "
+                             "does not exist")
+    input_info = signature["inputs"][0]
+    profile = optimisation_profile(input_info["shape"], cfg.data.input_size, target,
+                                   int(meta.get("input_multiple", 1) or 1))
+    record: dict = {"backend": "tensorrt", "notes": [], "profile": profile, "dla_core": dla_core}
+    engine_onnx, built_precision, calib_cache, explicit = fp32, precision, None, False
+    implicit = target.calibration.implicit or dla_core is not None
+    if precision == "int8":
+        int8 = _int8(cfg, fp32, target, out_dir, gate, eval_images, log)
+        record["int8"] = {"gate": int8["gate"], "qdq_onnx": int8["qdq"], "calibration": int8["calib"].manifest(),
+                          "mode": "implicit (calibration cache)" if implicit else "explicit (Q/DQ)"}
+        if not int8["passed"]:
+            built_precision = "fp16" if target.supports("fp16") else "fp32"
+            record["notes"].append(f"INT8 failed the accuracy gate: building {built_precision} instead")
+        elif implicit:
+            calib_cache = out_dir / "calibration" / "trt_calibration.cache"
+        else:
+            engine_onnx, explicit = Path(int8["qdq"]), True
+    engine = out_dir / "model.engine"
+    common = dict(onnx=engine_onnx.name, engine=engine.name, precision=built_precision,
+                  workspace_mib=target.workspace_mib, profile=profile, input_name=input_info["name"],
+                  dla_core=dla_core, calib_cache=str(calib_cache.relative_to(out_dir)) if calib_cache else None)
+    command = trtexec_command(**common)
+    atomic_write_text(out_dir / "trtexec.txt", command + "\n")
+    script = out_dir / "build_engine.sh"
+    atomic_write_text(script, build_script(**common, target=target.name, onnx_sha256=sha256_file(fp32),
+                                           compute_capability=target.compute_capability))
+    script.chmod(0o755)
+    if calib_cache is not None:
+        record["notes"].append("implicit INT8: the calibration cache is produced by the Python builder on the "
+                               "device (`acsl build` there); trtexec --calib reuses it")
+    record.update({"target": target.name, "precision_requested": precision, "precision": built_precision,
+                   "engine_onnx": engine_onnx.name, "explicit_int8": explicit, "onnx_sha256": sha256_file(fp32),
+                   "trtexec": command, "build_script": script.name, "workspace_mib": target.workspace_mib})
+    if not tensorrt_available():
+        msg = (f"TensorRT is not installed here: wrote the ONNX, INT8 artifacts and {script}; build the engine "
+               f"where TensorRT is installed (run `bash {script.name}` on the {target.name})")
+        record["notes"].append(msg)
+        return _finish(record, cfg, signature, lint, meta, out_dir, None, False, started, log)
+    sidecar = _build_engine_here(cfg, out_dir, engine, engine_onnx, built_precision, target, profile,
+                                 input_info["name"], dla_core, calib_cache, explicit, fp32, log)
+    record["sidecar"] = sidecar
+    return _finish(record, cfg, signature, lint, meta, out_dir, engine, True, started, log)
+
+
+def _build_engine_here(cfg, out_dir, engine, engine_onnx, precision, target, profile, input_name, dla_core,
+                       calib_cache, explicit, fp32, log) -> dict:
+    from toolchain.build.trt_engine import EngineRequest, build_engine
+
+    calibrator, cuda = None, None
+    if precision == "int8" and calib_cache is not None:
+        from toolchain.calibration.calib_set import cache_key
+        from toolchain.calibration.trt_calibrator import (CalibrationBatcher, CalibrationCache,
+                                                          make_trt_calibrator)
+        from toolchain.runtime.trt_runner import cuda_memory_backend
+
+        arrays = np.load(out_dir / "calibration" / "calibration_set.npy")
+        batch = profile["opt"][0]
+        cache = CalibrationCache(calib_cache, cache_key(sha256_file(fp32), _calib_like(arrays, cfg),
+                                                        target.calibration.implicit_method, batch=batch))
+        cuda = cuda_memory_backend()
+        device = {}
+
+        def to_device(host: np.ndarray) -> int:
+            if "buf" not in device:
+                device["buf"] = cuda.malloc(host.nbytes)
+            cuda.htod(device["buf"], host)
+            cuda.synchronize()
+            return cuda.pointer(device["buf"])
+
+        import tensorrt as trt
+
+        calibrator = make_trt_calibrator(trt, CalibrationBatcher(arrays, batch), cache,
+                                         target.calibration.implicit_method, to_device, input_name)
+        log(cache.note or "calibrating")
+    req = EngineRequest(onnx_path=engine_onnx, engine_path=engine, precision=precision,
+                        workspace_mib=target.workspace_mib, profile=profile, target=target.name,
+                        input_name=input_name, dla_core=dla_core, timing_cache=out_dir.parent / "timing.cache",
+                        calibrator=calibrator, explicit_int8=explicit, onnx_sha256=sha256_file(fp32))
+    return build_engine(req, log)
+
+
+def _calib_like(arrays: np.ndarray, cfg):
+    from toolchain.calibration.calib_set import CalibrationSet
+
+    return CalibrationSet(arrays, cfg.quantize.calib_seed, cfg.preprocessing())
+
+
+def _finish(record: dict, cfg, signature, lint, meta, out_dir: Path, artifact: Optional[Path], built: bool,
+            started: float, log) -> BuildResult:
+    record.update({"experiment": cfg.name, "model": meta.get("model_name", cfg.model.name), **signature,
+                   "lint": lint.to_dict(), "engine_built": built, "artifact": artifact.name if artifact else None,
+                   "git_commit": git_commit(), "versions": versions(),
+                   "seconds": round(time.perf_counter() - started, 2)})
+    path = write_json(out_dir / "build.json", record)
+    if built and artifact is not None:
+        log(f"built {artifact} ({record['precision']}) for target '{record['target']}'")
+    for note in record["notes"]:
+        log(f"note: {note}")
+    return BuildResult(artifact, json.loads(json.dumps(record, default=str)), path, built, list(record["notes"]))
+
+
+def build(cfg, onnx_path: str | Path, target, precision: Optional[str] = None, out_dir: Optional[str | Path] = None,
+          **options) -> BuildResult:
+    """Build `onnx_path` for `target` (a name, path or Target) at `precision` (default: the target's)."""
+    from toolchain.targets import Target, load_target
+
+    target = target if isinstance(target, Target) else load_target(target)
+    precision = precision or target.default_precision
+    target.require_precision(precision)
+    out_dir = Path(out_dir) if out_dir else default_build_dir(cfg, target.name, precision)
+    builder = build_tensorrt if target.backend == "tensorrt" else build_onnxruntime
+    if target.backend != "tensorrt":
+        options.pop("dla_core", None)
+    return builder(cfg, Path(onnx_path), target, precision, out_dir, **options)

@@ -1,0 +1,213 @@
+"""The `acsl prune` stages: sparsity learning -> selection -> physical removal -> recovery.
+
+Each stage writes its artifact and a JSON record under the run folder (atomically):
+
+    <run>/records/sparsity.json  select.json  slim.json  recover.json   and  <run>/prune_record.json
+    <run>/plan.json  slim.pt (after surgery)  pruned.pt (after recovery; zoo name + channel_plan + state dict)
+
+A record holds what was removed per layer, params/MACs before and after (toolchain.models.complexity),
+the val metric after the stage and the time taken. The sparsity-learning checkpoint is cached under
+`<out_dir>/<name>/sparsity/<method>-<key>/sparse.pt`, keyed by method + sparsity hyperparameters +
+training settings + the dense checkpoint's sha256, so one sparsity run serves several budgets.
+"""
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from toolchain.errors import ToolchainError
+from toolchain.prune.methods import Method, get_method
+from toolchain.prune.select import Budget, parse_budget
+from toolchain.utils.io import sha256_file, sha256_json, write_json
+
+
+def _summary(model: nn.Module, cfg) -> dict:
+    from toolchain.models.complexity import model_summary
+
+    return model_summary(model, tuple(cfg.data.input_size))
+
+
+def _val(model: nn.Module, cfg, split: str = "val") -> Optional[float]:
+    from toolchain.train.evaluate import evaluate
+    from toolchain.train.metrics import primary_metric
+
+    name, _ = primary_metric(cfg.task)
+    return float(evaluate(model, cfg, split)[name])
+
+
+def _peak_memory_mb() -> dict:
+    out = {"cpu_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    return out
+
+
+def sparsity_key(cfg, method: Method, dense_sha256: str) -> str:
+    """Cache key of a sparsity-learning run: method + hyperparameters + training settings + dense weights."""
+    t = cfg.train
+    return sha256_json({
+        "method": method.name, "sparsity": cfg.prune.sparsity.model_dump(mode="json"), "dense": dense_sha256,
+        "train": {"batch_size": t.batch_size, "optimizer": t.optimizer, "lr": t.lr, "momentum": t.momentum,
+                  "weight_decay": t.weight_decay, "schedule": t.schedule, "seed": t.seed},
+        "data": cfg.data.model_dump(mode="json"), "prune_seed": cfg.prune.seed,
+    })[:16]
+
+
+def sparsity_stage(cfg, model: nn.Module, method: Method, dense_sha256: str) -> tuple[nn.Module, dict]:
+    """Run (or reuse) the sparsity-learning phase of `method` on `model`; returns (model, record)."""
+    from toolchain.prune.groups import build_pruning_graph
+    from toolchain.prune.sparsity import SparsityDiverged, make_regulariser
+    from toolchain.train.checkpoint import load_model, save_checkpoint
+    from toolchain.train.trainer import NonFiniteLoss, fit
+
+    s = cfg.prune.sparsity
+    key = sparsity_key(cfg, method, dense_sha256)
+    run_dir = cfg.run_dir() / "sparsity" / f"{method.name}-{key}"
+    artifact = run_dir / "sparse.pt"
+    record_path = run_dir / "sparsity_record.json"
+    if artifact.is_file() and record_path.is_file():
+        sparse, _ = load_model(artifact, cfg)
+        from toolchain.utils.io import read_json
+
+        record = read_json(record_path)
+        record["reused"] = True
+        return sparse, record
+    t0 = time.time()
+    graph = build_pruning_graph(model, tuple(cfg.data.input_size))
+    regulariser = make_regulariser(method.sparsity, graph, s, seed=cfg.prune.seed).attach()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        result = fit(cfg, model, run_dir, epochs=s.epochs, lr=s.lr or cfg.train.lr, after_backward=regulariser,
+                     stage="sparsity", resume=True)
+    except (NonFiniteLoss, SparsityDiverged) as err:
+        raise ToolchainError(
+            f"{method.name} sparsity learning diverged ({str(err).split(';')[0]}); the last good checkpoint is kept "
+            f"at {run_dir / 'sparsity_last.pt'}; lower prune.sparsity.lam (now {s.lam:g}) or prune.sparsity.lr") from None
+    finally:
+        regulariser.detach()
+    record = {
+        "stage": "sparsity", "method": method.name, "key": key, "hyperparameters": s.model_dump(mode="json"),
+        "dense_sha256": dense_sha256, "epochs": s.epochs, "val": result.best_metric if s.epochs else None,
+        "val_last": result.history[-1].get("val") if result.history else None,
+        "epoch_s": [h.get("epoch_s") for h in result.history], "memory": _peak_memory_mb(),
+        "strengths": regulariser.describe(), "wall_s": round(time.time() - t0, 2), "reused": False,
+        "checkpoint": str(artifact),
+    }
+    save_checkpoint(artifact, model, cfg, stage="sparsity", epoch=s.epochs)
+    write_json(record_path, record)
+    return model, record
+
+
+def removed_per_layer(plan: dict) -> dict:
+    from toolchain.prune.plan import plan_summary
+
+    return {name: {"out": v["out"], "kept_out": v["kept_out"], "removed_out": v["out"] - v["kept_out"]}
+            for name, v in plan_summary(plan).items() if v["out"] != v["kept_out"]}
+
+
+def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tuple[nn.Module, dict, dict, dict]:
+    """Selection + surgery on `model` (in place). Returns (slim model, plan, select record, slim record)."""
+    from toolchain.prune.groups import build_pruning_graph
+    from toolchain.prune.importance import channel_saliency
+    from toolchain.prune.select import CostModel, select_channels
+    from toolchain.prune.surgery import prune_model
+
+    p = cfg.prune
+    t0 = time.time()
+    graph = build_pruning_graph(model, tuple(cfg.data.input_size))
+    cost = CostModel(graph)
+    saliency = channel_saliency(method.saliency, graph, seed=p.seed)
+    selection = select_channels(graph, saliency, budget, cost.cost_fn(budget.kind), min_channels=p.min_channels,
+                                min_fraction=p.min_fraction, round_to=p.round_to)
+    select_record = {
+        "stage": "select", "method": method.name, "saliency": method.saliency, "budget": budget.as_dict(),
+        "groups": [{"root": g.root, "channels": g.size, "kept": k, "bns": [s.name for s in g.bns]}
+                   for g, k in zip(graph.groups, selection.kept)],
+        "estimated_fraction_removed": selection.fraction_removed, "min_channels": p.min_channels,
+        "min_fraction": p.min_fraction, "round_to": p.round_to, "wall_s": round(time.time() - t0, 2),
+    }
+    t1 = time.time()
+    slim, plan, error = prune_model(graph, selection.removed, verify=True)
+    slim_record = {"stage": "slim", "removed_per_layer": removed_per_layer(plan), "equivalence_rel_error": error,
+                   "wall_s": round(time.time() - t1, 2)}
+    return slim, plan, select_record, slim_record
+
+
+def prune_run_dir(cfg, method: str, budget: Budget, out: Optional[str | Path] = None) -> Path:
+    return Path(out) if out else cfg.run_dir() / "prune" / f"{method}_{budget.tag()}"
+
+
+def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budget: Optional[str] = None,
+              recover_method: Optional[str] = None, out: Optional[str | Path] = None,
+              evaluate_test: bool = True) -> dict:
+    """The whole `acsl prune` flow; returns the final record (also written to <run>/prune_record.json)."""
+    from toolchain.prune.recover import RECOVER_METHODS, recover
+    from toolchain.train.checkpoint import load_model, save_checkpoint
+    from toolchain.train.metrics import primary_metric
+
+    m = get_method(method or cfg.prune.method)
+    b = parse_budget(budget or cfg.prune.budget)
+    recover_method = recover_method or cfg.prune.recover.method
+    if recover_method not in RECOVER_METHODS:
+        raise ToolchainError(f"unknown recovery '{recover_method}' (valid: {', '.join(RECOVER_METHODS)})")
+    run_dir = prune_run_dir(cfg, m.name, b, out)
+    records = run_dir / "records"
+    t_start = time.time()
+    torch.manual_seed(cfg.prune.seed)
+
+    dense, _ = load_model(checkpoint, cfg)  # raises a one-line error when the architecture does not match
+    dense_sha = sha256_file(checkpoint)
+    before = _summary(dense, cfg)
+    metric_name, higher = primary_metric(cfg.task)
+    dense_val = _val(dense, cfg)
+    teacher = copy.deepcopy(dense).eval()
+    model = dense
+
+    sparsity_record = None
+    if m.sparsity and cfg.prune.sparsity.epochs > 0:
+        model, sparsity_record = sparsity_stage(cfg, model, m, dense_sha)
+        sparsity_record = dict(sparsity_record, val_after=_val(model, cfg))
+        write_json(records / "sparsity.json", sparsity_record)
+
+    model = model.cpu()
+    slim, plan, select_record, slim_record = select_and_slim(cfg, model, m, b)
+    after = _summary(slim, cfg)
+    removed = {"params": 1 - after["params"] / before["params"], "flops": 1 - after["macs"] / before["macs"]}
+    select_record["fraction_removed"] = removed[b.kind]
+    write_json(records / "select.json", select_record)
+    write_json(run_dir / "plan.json", plan)
+    save_checkpoint(run_dir / "slim.pt", slim, cfg, stage="slim", channel_plan=plan)
+    slim_record.update({"before": before, "after": after, "fraction_removed": removed, "val": _val(slim, cfg)})
+    write_json(records / "slim.json", slim_record)
+
+    t_rec = time.time()
+    recovered, recover_record = recover(cfg, slim, plan, teacher, run_dir, recover_method)
+    recover_record.update({"stage": "recover", "val": _val(recovered, cfg), "wall_s": round(time.time() - t_rec, 2)})
+    write_json(records / "recover.json", recover_record)
+    save_checkpoint(run_dir / "pruned.pt", recovered, cfg, stage="pruned", channel_plan=plan,
+                    metric={metric_name: recover_record["val"]})
+    test = None
+    if evaluate_test:
+        try:
+            test = _val(recovered, cfg, "test")
+        except ToolchainError:
+            test = None  # no test split: reported as null
+    final = {
+        "stage": "prune", "method": m.name, "budget": b.as_dict(), "recover": recover_record.get("chosen", "none"),
+        "metric": metric_name, "higher_is_better": higher, "dense": {**before, "val": dense_val},
+        "after": after, "fraction_removed": removed, "val": recover_record["val"], "test": test,
+        "stages": {"sparsity": sparsity_record, "select": select_record, "slim": slim_record,
+                   "recover": recover_record},
+        "sparsity_epochs": sparsity_record["epochs"] if sparsity_record else 0,
+        "recover_epochs": recover_record.get("epochs", 0), "checkpoint": str(run_dir / "pruned.pt"),
+        "dense_checkpoint": str(checkpoint), "wall_s": round(time.time() - t_start, 2),
+    }
+    write_json(run_dir / "prune_record.json", final)
+    return final
