@@ -70,7 +70,7 @@ def plot_latency_distribution(rows: list[dict], title: str = "") -> Optional[byt
     if not series:
         return None
     plt, fig, ax = _figure()
-    ax.boxplot([s for _, s in series], vert=False, showfliers=True)
+    ax.boxplot([s for _, s in series], orientation="horizontal", showfliers=True)
     ax.set_yticks(range(1, len(series) + 1), [n for n, _ in series], fontsize=8)
     ax.set_xlabel("latency per inference, batch 1 (ms)")
     ax.set_title(title or "latency distribution (timed runs)")

@@ -50,6 +50,9 @@ def _pick_artifact(manifest: dict, precision: Optional[str], bundle: Path):
     wanted = precision or manifest.get("default_precision", "fp32")
     matches = [a for a in artifacts if a.get("precision") == wanted and a.get("variant", "slim") == manifest.get(
         "deployed_variant", "slim")]
+    if not matches and precision is None and "slim.onnx" in manifest.get("files", {}):
+        # engines not built yet (bundle made off the device): run the exported FP32 ONNX
+        return "fp32", [{"file": "slim.onnx", "kind": "onnx", "variant": "slim", "precision": "fp32"}]
     if not matches:
         have = sorted({a.get("precision") for a in artifacts})
         raise ToolchainError(f"bundle {bundle} has no {wanted} model (it has {', '.join(have) or 'none'}); "

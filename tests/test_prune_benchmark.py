@@ -1,0 +1,68 @@
+"""benchmarks/compression.py on a tiny synthetic experiment: 2 methods x 2 budgets x 1 epoch plus the two
+scratch references; results written per run, resumable, table and Pareto plot produced."""
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("compression_bench", REPO / "benchmarks" / "compression.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compression_benchmark_tiny(tmp_path, capsys):
+    raw = {
+        "name": "tiny_seg", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
+        "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 8},
+        "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0},
+        "prune": {"min_channels": 2, "sparsity": {"epochs": 1, "lam": 0.001},
+                  "recover": {"method": "finetune", "epochs": 1}},
+        "out_dir": str(tmp_path / "runs"),
+    }
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    bench = _load_benchmark()
+    argv = [str(cfg_path), "--methods", "acsl,l1,scratch-plan,scratch-uniform", "--budgets", "params=0.3,params=0.6",
+            "--results", str(tmp_path / "results"), "--dataset", "synthetic"]
+    assert bench.main(argv) == 0
+    out = tmp_path / "results" / "compression_synthetic_segnet.json"
+    result = json.loads(out.read_text())
+    for key in ["dataset", "model", "profile", "metric", "higher_is_better", "split", "dense", "runs", "machine",
+                "command", "git_commit"]:
+        assert key in result
+    assert result["split"] == "test" and set(result["dense"]) >= {"params", "macs", "metric"}
+    runs = result["runs"]
+    assert len(runs) == 8 and not any(r.get("error") for r in runs)
+    for run in runs:
+        for key in ["method", "budget", "params", "macs", "metric", "metric_val", "recover", "sparsity_epochs",
+                    "recover_epochs", "wall_s"]:
+            assert key in run, (run["method"], key)
+        if not run["method"].startswith("scratch"):
+            assert 1 - run["params"] / result["dense"]["params"] >= run["budget"]["value"]
+    acsl = {r["budget"]["value"]: r for r in runs if r["method"] == "acsl"}
+    plan = {r["budget"]["value"]: r for r in runs if r["method"] == "scratch-plan"}
+    assert all(plan[v]["params"] == acsl[v]["params"] for v in acsl)  # same architecture as ACSL found
+    assert [r["sparsity_reused"] for r in sorted(acsl.values(), key=lambda r: r["budget"]["value"])] == [False, True]
+    assert (tmp_path / "results" / "compression_synthetic_segnet.md").read_text().count("| acsl |") == 2
+    assert (tmp_path / "results" / "compression_synthetic_segnet.png").stat().st_size > 1000
+    # resumable: a second invocation finds every run done and trains nothing
+    before = out.read_text()
+    capsys.readouterr()
+    assert bench.main(argv) == 0
+    assert "[compression] acsl" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["runs"] == json.loads(before)["runs"]
+
+
+def test_unknown_method_is_one_line_error(tmp_path, capsys):
+    bench = _load_benchmark()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "x", "task": "classification", "model": {"name": "resnet20"},
+                                   "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 10}}))
+    assert bench.main([str(cfg), "--methods", "acsl,magic"]) == 2
+    assert "valid: acsl" in capsys.readouterr().err
