@@ -115,7 +115,7 @@ def _train_scratch(cfg, model, run_dir: Path, epochs: int, stage: str, extra: di
     from toolchain.prune.recover import _load_best
     from toolchain.train.trainer import fit
 
-    result = fit(cfg, model, run_dir, epochs=epochs, lr=cfg.train.lr, stage=stage, extra_checkpoint=extra, resume=True)
+    result = fit(cfg, model, run_dir, epochs=epochs, lr=cfg.train.lr, stage=stage, extra_checkpoint=extra, resume=False)
     _load_best(model, result.best_path)
     summary = model_summary(model, tuple(cfg.data.input_size))
     return {"params": summary["params"], "macs": summary["macs"], "metric": _val(model, cfg, "test"),

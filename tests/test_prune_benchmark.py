@@ -20,7 +20,7 @@ def test_compression_benchmark_tiny(tmp_path, capsys):
     raw = {
         "name": "tiny_seg", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
         "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 8},
-        "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0},
+        "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0, "threads": 1},
         "prune": {"min_channels": 2, "sparsity": {"epochs": 1, "lam": 0.001},
                   "recover": {"method": "finetune", "epochs": 1}},
         "out_dir": str(tmp_path / "runs"),

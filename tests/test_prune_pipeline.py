@@ -22,7 +22,7 @@ def dense(tmp_path_factory):
     raw = {
         "name": "p", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
         "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 8},
-        "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0},
+        "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0, "threads": 1},
         "prune": {"min_channels": 2, "sparsity": {"epochs": 1, "lam": 0.001},
                   "recover": {"epochs": 1, "feature_weight": 0.1}},
         "out_dir": str(root / "runs"),

@@ -6,9 +6,18 @@ import torch.nn as nn
 from prune_nets import TinyResCat
 from toolchain.config import SparsityConfig
 from toolchain.prune.groups import build_pruning_graph
-from toolchain.prune.sparsity import (ACSLRegulariser, CAPRegulariser, SparsityDiverged, adaptive_strengths,
+from toolchain.prune.sparsity import (ACSLRegulariser, SparsityDiverged, adaptive_strengths,
                                       cap_guide, cap_association, channel_affinity, make_regulariser, redundancy,
                                       sample_positions)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_identical_channels_have_affinity_one_and_independent_near_zero():

@@ -115,7 +115,7 @@ def _run(cfg, model: nn.Module, plan: dict, teacher: nn.Module, run_dir: Path, m
     try:
         result = fit(cfg, model, run_dir, epochs=epochs, lr=lr, loss_fn=loss_fn, stage=f"recover_{mode}",
                      teacher=teacher if mode == "distill" else None, extra_checkpoint={"channel_plan": plan},
-                     resume=True)
+                     resume=False)  # a stale run of another plan must never be resumed
     finally:
         cleanup()
     _load_best(model, result.best_path)
