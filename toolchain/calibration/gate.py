@@ -47,7 +47,7 @@ class GateResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "summary": self.summary()}
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED (INT8 rejected, keeping higher precision)"

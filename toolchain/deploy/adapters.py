@@ -126,6 +126,12 @@ def _build_with_builder(build_pkg, cfg, onnx_path, target, precision, folder, lo
                 "reason": record.get("reason") or "TensorRT is not installed here: run build_engine.sh on the device",
                 "artifact": None, "extra_files": extra, "record": record}
     kind = "tensorrt-engine" if artifact is not None and artifact.suffix in (".engine", ".plan") else "onnx"
+    built = record.get("precision")
+    if built and built != precision:  # e.g. INT8 rejected by the accuracy gate: not an INT8 variant at all
+        gate = (record.get("int8") or {}).get("gate") or {}
+        why = gate.get("summary") or "; ".join(record.get("notes", [])) or f"built {built} instead"
+        return {"status": "failed", "reason": f"{precision} not deployed ({why}); the {built} variant is used instead",
+                "kind": kind, "artifact": None, "extra_files": extra, "record": record}
     return {"status": status if status in ("ok", "failed", "skipped") else "ok", "reason": record.get("reason"),
             "kind": kind, "artifact": artifact, "extra_files": extra, "record": record}
 
