@@ -106,7 +106,11 @@ def main(argv=None) -> int:
         "input_size": rec["input_size"], "params": rec["params"], "macs": rec["macs"], "metric": rec["metric"],
         "higher_is_better": rec["metric"] != "mae", "val": rec["val"], "test": rec["test"][rec["metric"]],
         "test_all": rec["test"], "best_epoch": rec["best_epoch"], "epochs": rec["epochs"],
-        "train_images_per_s": rec["train_images_per_s"], "wall_s": rec["wall_s"], "machine": machine(),
+        # summed over every epoch of the history, so a run resumed after an interruption reports its whole cost
+        "train_images_per_s": round(sum(h["images_per_s"] for h in hist["history"]) / len(hist["history"]), 2),
+        "wall_s": round(sum(h["epoch_s"] for h in hist["history"]), 1),
+        "wall_s_note": "sum of the training epochs' wall time (evaluation excluded); 2 CPU cores shared with other jobs",
+        "machine": machine(),
         "command": command, "git_commit": git_commit(), "history": hist["history"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -191,13 +191,14 @@ def test_engine_for_another_device_falls_back_or_refuses(deployed, tmp_path, mon
         load(bundle, precision="fp32", backend="tensorrt")
 
 
-def test_data_of_the_wrong_task(tmp_path):
-    from toolchain.cli.deploy import data_overrides
+def test_data_of_the_wrong_task(tmp_path, capsys):
+    from toolchain.cli import main as acsl
 
     (tmp_path / "train" / "images").mkdir(parents=True)
     (tmp_path / "train" / "points.json").write_text("{}")
-    with pytest.raises(ToolchainError, match="is a counting dataset .* but .* is a segmentation config"):
-        data_overrides(str(ROOT / "configs" / "demo.yaml"), str(tmp_path))
+    assert acsl(["deploy", str(ROOT / "configs" / "demo.yaml"), "--target", "cpu", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a counting dataset (shanghaitech) but the config's task is segmentation" in err
 
 
 def test_disk_full_leaves_no_valid_looking_bundle(deployed, tmp_path, monkeypatch):

@@ -25,6 +25,6 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if cfg.data.kind == "synthetic":  # a real folder given to a demo config: the real loader is used
         from toolchain.data.layout import real_data_overrides
 
-        overrides["data"].update(real_data_overrides(root, cfg.task))
+        overrides["data"] = {**real_data_overrides(root, cfg.task), **overrides["data"]}
         cfg = load_config(args.config, profile=args.profile, overrides=overrides)
     return cfg

@@ -7,7 +7,6 @@ engine too when --config is given (the eval split of that config's data).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from toolchain.errors import ToolchainError

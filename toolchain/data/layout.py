@@ -62,29 +62,30 @@ def require_root(cfg, kind: str) -> Path:
     return root
 
 
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
-                  "pedestrian", "bicyclist"]
 TASK_OF_KIND = {"camvid": "segmentation", "shanghaitech": "counting", "image_folder": "classification"}
+REFERENCE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def real_data_overrides(root: Path, task: str) -> dict:
-    """Data settings for a real folder given to a config written for the built-in demo data.
+    """The `data:` section for a real folder given to a config written for the built-in demo data.
 
     `acsl deploy configs/demo.yaml --data ../shared/data/camvid` must run on real CamVid: the layout
-    is detected and the dataset's class settings replace the demo's. A folder of another task is a
-    one-line error.
+    is detected, and the data settings (classes, input size, normalisation, augmentation) come from
+    the reference config of that dataset kind in configs/. A folder of another task is a one-line error.
     """
+    import yaml
+
     kind = detect_layout(root)
     if kind is None:
         raise ToolchainError(f"data folder {root} has no known dataset layout; expected one of: "
                              + "; ".join(EXPECTED[k].format(split="train") for k in EXPECTED))
     if TASK_OF_KIND[kind] != task:
-        raise ToolchainError(f"data folder {root} holds a {TASK_OF_KIND[kind]} dataset ({kind}) but the config's task "
+        raise ToolchainError(f"data folder {root} is a {TASK_OF_KIND[kind]} dataset ({kind}) but the config's task "
                              f"is {task}; use a {TASK_OF_KIND[kind]} config or point --data at a {task} dataset")
-    out: dict = {"kind": kind, "root": str(root)}
-    if kind == "camvid":
-        out.update(num_classes=len(CAMVID_CLASSES), ignore_index=11, class_names=CAMVID_CLASSES)
-    elif kind == "image_folder":
-        classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-        out.update(num_classes=len(classes), class_names=classes)
-    return out
+    for ref in sorted(REFERENCE_CONFIGS.glob("*.yaml")):
+        data = (yaml.safe_load(ref.read_text()) or {}).get("data") or {}
+        if data.get("kind") == kind:
+            print(f"data: {root} is a {kind} folder; using the data settings of configs/{ref.name}")
+            return {**data, "root": str(root)}
+    raise ToolchainError(f"no reference config in {REFERENCE_CONFIGS} for {kind} data; set data.kind: {kind} "
+                         "and its classes in your config")
