@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     cfg = load_config(args.config, profile=args.profile)
     out = Path(args.out)
-    work = out / "int8_work"
+    work = REPO / "benchmarks" / ".runs" / "int8_work"  # ONNX + calibration arrays: large, never committed
     started = time.perf_counter()
     exported = export_checkpoint(cfg, args.checkpoint, out=work / "fp32.onnx")
     calib = calibration_set(cfg)
