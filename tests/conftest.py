@@ -5,7 +5,17 @@ import pytest
 import torch
 import yaml
 
-torch.set_num_threads(1)  # tiny models: one thread is fastest and never oversubscribes 2 shared cores
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest and never oversubscribes 2 shared cores.
+
+    Restored after each test, since fit() applies a config's train.threads.
+    """
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -17,15 +17,6 @@ from toolchain.prune.select import CostModel, parse_budget, select_channels
 from toolchain.prune.surgery import prune_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_parse_budget():
     assert parse_budget("params=0.8").as_dict() == {"kind": "params", "value": 0.8}
     assert parse_budget(" flops = .6 ").kind == "flops"

@@ -11,15 +11,6 @@ from toolchain.prune.sparsity import (ACSLRegulariser, SparsityDiverged, adaptiv
                                       sample_positions)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_identical_channels_have_affinity_one_and_independent_near_zero():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(4096, generator=g)

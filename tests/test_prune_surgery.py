@@ -14,15 +14,6 @@ from toolchain.prune.select import CostModel, parse_budget, select_channels
 from toolchain.prune.surgery import (prune_model, relative_error, removed_bn_channels, slim,
                                      verify_equivalence, zero_removed_channels)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ZOO = [("segnet", 3, (32, 32)), ("pspnet", 3, (32, 32)), ("unet", 3, (32, 32)), ("csrnet", 1, (32, 32)),
        ("resnet20", 10, (32, 32)), ("resnet56", 10, (32, 32)), ("vgg16_cifar", 10, (32, 32))]
 
