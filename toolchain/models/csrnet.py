@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from toolchain.models.layers import ConvBNReLU, check_input_size, check_model_args, scaled_channels
+from toolchain.models.layers import check_input_size, check_model_args, vgg_layers
 from toolchain.models.registry import register_model
 
 FRONT_END = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512]
@@ -24,20 +24,8 @@ class CSRNet(nn.Module):
 
     def __init__(self, num_classes: int = 1, width: float = 1.0, in_channels: int = 3):
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for item in FRONT_END:
-            if item == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers.append(ConvBNReLU(channels, scaled_channels(item, width)))
-                channels = scaled_channels(item, width)
-        self.front_end = nn.Sequential(*layers)
-        back = []
-        for item in BACK_END:
-            back.append(ConvBNReLU(channels, scaled_channels(item, width), dilation=2))
-            channels = scaled_channels(item, width)
-        self.back_end = nn.Sequential(*back)
+        self.front_end, channels = vgg_layers(FRONT_END, width, in_channels)
+        self.back_end, channels = vgg_layers(BACK_END, width, channels, dilation=2)
         self.density = nn.Conv2d(channels, num_classes, kernel_size=1)
 
     def output_layers(self) -> list[nn.Module]:

@@ -54,3 +54,19 @@ class ConvBNReLU(nn.Sequential):
         if relu:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+
+
+def vgg_layers(spec: list, width: float, in_channels: int, dilation: int = 1) -> tuple[nn.Sequential, int]:
+    """A VGG-style stack from a spec like [64, 64, "M", 128, ...] ("M" = 2x2 max-pool).
+
+    Returns the stack and its output channel count.
+    """
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in spec:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers.append(ConvBNReLU(channels, scaled_channels(item, width), dilation=dilation))
+            channels = scaled_channels(item, width)
+    return nn.Sequential(*layers), channels

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from toolchain.models.layers import ConvBNReLU, check_input_size, check_model_args, scaled_channels
+from toolchain.models.layers import check_input_size, check_model_args, vgg_layers
 from toolchain.models.registry import register_model
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -22,15 +22,7 @@ class VGGCifar(nn.Module):
 
     def __init__(self, num_classes: int, width: float = 1.0, in_channels: int = 3):
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for item in VGG16:
-            if item == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers.append(ConvBNReLU(channels, scaled_channels(item, width)))
-                channels = scaled_channels(item, width)
-        self.features = nn.Sequential(*layers)
+        self.features, channels = vgg_layers(VGG16, width, in_channels)
         self.fc = nn.Linear(channels, num_classes)
 
     def output_layers(self) -> list[nn.Module]:
