@@ -229,3 +229,21 @@ def test_disk_full_leaves_no_valid_looking_bundle(deployed, tmp_path, monkeypatc
         write_bundle(dest, files, base)
     verify_bundle(dest)
     assert not list(tmp_path.glob(".cpu.*"))
+
+
+def test_int8_rejected_by_gate_is_a_failed_row_not_a_mislabelled_fp32(tmp_path):
+    """When the gate keeps FP32, the int8 row must say so and must not ship the FP32 file as 'int8'."""
+    import types
+
+    from toolchain.deploy.adapters import _build_with_builder
+
+    (tmp_path / "model.opt.onnx").write_bytes(b"onnx")
+    gate = {"split": "val", "metric": "miou", "int8_metric": 30.0, "fp32_metric": 35.0, "gate": 0.99,
+            "excluded_nodes": ["a", "b"], "passed": False}
+    record = {"precision": "fp32", "precision_requested": "int8", "int8": {"gate": gate}, "notes": []}
+    result = types.SimpleNamespace(artifact=tmp_path / "model.opt.onnx", record=record, engine_built=True)
+    fake_pkg = types.SimpleNamespace(build=lambda *a, **k: result)
+    target = types.SimpleNamespace(backend="onnxruntime", name="cpu")
+    row = _build_with_builder(fake_pkg, None, tmp_path / "m.onnx", target, "int8", tmp_path, print)
+    assert row["status"] == "failed" and row["artifact"] is None
+    assert "miou 30.00 vs FP32 35.00" in row["reason"] and "2 most sensitive nodes" in row["reason"]

@@ -129,8 +129,14 @@ def _build_with_builder(build_pkg, cfg, onnx_path, target, precision, folder, lo
     built = record.get("precision")
     if built and built != precision:  # e.g. INT8 rejected by the accuracy gate: not an INT8 variant at all
         gate = (record.get("int8") or {}).get("gate") or {}
-        why = gate.get("summary") or "; ".join(record.get("notes", [])) or f"built {built} instead"
-        return {"status": "failed", "reason": f"{precision} not deployed ({why}); the {built} variant is used instead",
+        if gate:
+            kept = len(gate.get("excluded_nodes") or [])
+            why = (f"INT8 failed the accuracy gate on {gate['split']}: {gate['metric']} {gate['int8_metric']:.2f} vs "
+                   f"FP32 {gate['fp32_metric']:.2f}, needs {gate['gate']:g}x" +
+                   (f", even with {kept} most sensitive nodes kept in FP32" if kept else ""))
+        else:
+            why = "; ".join(record.get("notes", [])) or f"built {built} instead"
+        return {"status": "failed", "reason": f"{why}; the {built} variant is deployed instead",
                 "kind": kind, "artifact": None, "extra_files": extra, "record": record}
     return {"status": status if status in ("ok", "failed", "skipped") else "ok", "reason": record.get("reason"),
             "kind": kind, "artifact": artifact, "extra_files": extra, "record": record}
