@@ -117,6 +117,8 @@ class QuantizeConfig(_Strict):
 class DeployConfig(_Strict):
     target: str = "cpu"
     out_dir: str = "deploy"
+    eval_split: Literal["val", "test"] = Field("test", description="split the deployed engines are scored on "
+                                               "(the INT8 gate always uses val)")
     eval_images: Optional[int] = Field(None, ge=1, description="cap eval images for engine accuracy")
 
 

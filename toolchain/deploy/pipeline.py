@@ -131,8 +131,9 @@ def _profile_stage(cfg, target, onnx: dict[str, Path], build: StageRecord, folde
     threads = target.onnxruntime.intra_op_threads
 
     def accuracy(runner) -> dict:
-        result = evaluate(predict_fn(runner), cfg, "val", max_images=cfg.deploy.eval_images)
-        return {"metric": metric, "value": float(result[metric]), "images": result.get("images"), "split": "val"}
+        split = cfg.deploy.eval_split
+        result = evaluate(predict_fn(runner), cfg, split, max_images=cfg.deploy.eval_images)
+        return {"metric": metric, "value": float(result[metric]), "images": result.get("images"), "split": split}
 
     profiles: dict = {}
     for name, row in build.summary["rows"].items():
@@ -195,7 +196,7 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
                     "config_sha256": sha256_json(cfg.model_dump(mode="json", exclude={"source", "profile"}))},
         target={"name": target.name, "description": target.description, "backend": target.backend},
         machine=here, on_target_device=on_target, provenance={"git_commit": git_commit(), "versions": versions()},
-        metric={"name": metric, "higher_is_better": higher}, notes=notes)
+        metric={"name": metric, "higher_is_better": higher, "split": cfg.deploy.eval_split}, notes=notes)
     for name, row in done["build"].summary["rows"].items():
         variant, precision = name.split("-", 1)
         prof = profiles.get(name)

@@ -54,7 +54,8 @@ def _header_facts(report: dict) -> list[str]:
     return [f"experiment: {exp.get('name')} ({exp.get('task')}, model {exp.get('model')} width {exp.get('width')})",
             f"target: {tgt['name']} ({tgt.get('description') or ''}), backend {tgt.get('backend')}",
             f"measured on: {report['machine']} - {where}",
-            f"accuracy metric: {report['metric']['name']} on the eval split, through each deployed engine",
+            f"accuracy metric: {report['metric']['name']} on the {report['metric'].get('split', 'eval')} split, "
+            "through each deployed engine",
             f"created {report['created']}, toolchain {report['provenance'].get('versions', {}).get('toolchain')}, "
             f"commit {report['provenance'].get('git_commit')}"]
 
