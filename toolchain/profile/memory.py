@@ -42,6 +42,18 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc malloc_trim), so RSS is a clean baseline."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline is merely less clean
+        pass
+
+
 class PeakRSS:
     """Context manager: `.idle_bytes`, `.peak_bytes`, `.delta_bytes`, `.method` after exit."""
 
@@ -55,6 +67,7 @@ class PeakRSS:
         self._sampled_peak = 0
 
     def __enter__(self) -> "PeakRSS":
+        release_freed_memory()  # else an engine reuses what an earlier one freed and its delta reads ~0
         self.idle_bytes = rss_bytes()
         if self.idle_bytes is None:
             return self
