@@ -47,10 +47,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ToolchainError(f"checkpoint not found: {path} (train one with `acsl train CONFIG`)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise ToolchainError(f"{path} is not a readable checkpoint (truncated, corrupt, or not a weights-only "
-                             f"state dict: {first}); retrain or pick another file") from None
+    except pickle.UnpicklingError:
+        raise ToolchainError(f"{path} is not a readable checkpoint: not a torch file, or it holds pickled objects "
+                             "that safe (weights_only) loading refuses; use a checkpoint written by acsl") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:100]
+        raise ToolchainError(f"{path} is not a readable checkpoint (truncated or corrupt: {why}); "
+                             "retrain or pick another file") from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
         raise ToolchainError(f"{path} is not an acsl checkpoint (no 'model_state'); checkpoints come from `acsl train`")
     return ckpt
