@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--dataset", help="dataset label of the result file (default: first word of the config name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--report-only", action="store_true",
+                   help="only redraw the table and plot from the results JSON (e.g. of an interrupted comparison)")
     return p.parse_args(argv)
 
 
@@ -276,6 +278,13 @@ def main(argv=None) -> int:
         if result and (result.get("profile") != cfg.profile or result.get("model") != cfg.model.name):
             raise ToolchainError(f"{json_path} holds another experiment (profile {result.get('profile')}); "
                                  "move it away or pass --results DIR")
+        if args.report_only:
+            if not result.get("runs"):
+                raise ToolchainError(f"{json_path} has no runs to report; run the comparison first")
+            write_table(result, results_dir / f"{stem}.md")
+            write_plot(result, results_dir / f"{stem}.png")
+            print(f"[compression] redrew {stem}.md and {stem}.png from {json_path}")
+            return 0
         checkpoint = ensure_dense(cfg, args.checkpoint)
         if not result.get("dense"):
             result = {"dataset": dataset, "model": cfg.model.name, "profile": cfg.profile, "metric": metric_name,
