@@ -44,7 +44,7 @@ def train_dense(cfg, folder: Path, resume: bool, checkpoint: Optional[Path], log
 def prune_and_recover(cfg, dense_checkpoint: Path, folder: Path, resume: bool, log: Log):
     from toolchain.deploy.adapters import prune_pipeline
 
-    slim_path, summary = prune_pipeline(cfg, dense_checkpoint, folder, resume=resume, log=log)
+    slim_path, summary = prune_pipeline(cfg, dense_checkpoint, folder, log=log)  # sparsity runs are cached by run_prune
     out = folder / "slim.pt"
     if Path(slim_path).resolve() != out.resolve():
         shutil.copyfile(slim_path, out)
