@@ -49,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--dataset", help="dataset label of the result file (default: first word of the config name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--merge", metavar="OTHER.json",
+                   help="add the runs of another results JSON of the same experiment (e.g. the scratch references run "
+                        "in a parallel process with --results elsewhere), then redraw; runs already here are kept")
     p.add_argument("--report-only", action="store_true",
                    help="only redraw the table and plot from the results JSON (e.g. of an interrupted comparison)")
     return p.parse_args(argv)
@@ -201,6 +204,24 @@ def sparsity_timing(cfg, runs: list[dict]) -> dict:
     return out
 
 
+def merge_results(result: dict, other: dict, other_path: str) -> None:
+    """Add `other`'s runs (same experiment, same dense checkpoint) that `result` lacks; record its command."""
+    if (other.get("model"), other.get("profile"), (other.get("dense") or {}).get("checkpoint")) != (
+            result.get("model"), result.get("profile"), (result.get("dense") or {}).get("checkpoint")):
+        raise ToolchainError(f"{other_path} is another experiment (model, profile or dense checkpoint differ); "
+                             "only comparisons of the same dense model can be merged")
+    have = {(r["method"], r["budget"]["kind"], r["budget"]["value"]) for r in result["runs"] if not r.get("error")}
+    added = [r for r in other["runs"] if not r.get("error")
+             and (r["method"], r["budget"]["kind"], r["budget"]["value"]) not in have]
+    result["runs"] = [r for r in result["runs"] if not r.get("error")
+                      or (r["method"], r["budget"]["kind"], r["budget"]["value"]) not in
+                      {(a["method"], a["budget"]["kind"], a["budget"]["value"]) for a in added}] + added
+    commands = result.setdefault("merged_commands", [])
+    if other.get("command") and other["command"] not in commands:
+        commands.append(other["command"])
+    print(f"[compression] merged {len(added)} runs from {other_path}")
+
+
 def write_table(result: dict, path: Path) -> None:
     dense = result["dense"]
     name = result["metric"]
@@ -226,7 +247,9 @@ def write_table(result: dict, path: Path) -> None:
                       "the regularisers interleaved on the same batches."]
     if result.get("notes"):
         lines += [""] + [f"Note: {n}" for n in result["notes"]]
-    lines += ["", f"Command: `{result['command']}`", f"Machine: {result['machine']}; commit {result['git_commit']}.", ""]
+    lines += ["", f"Command: `{result['command']}`"]
+    lines += [f"Merged from a parallel run: `{c}`" for c in result.get("merged_commands", [])]
+    lines += [f"Machine: {result['machine']}; commit {result['git_commit']}.", ""]
     atomic_write_text(path, "\n".join(lines))
 
 
@@ -283,7 +306,10 @@ def main(argv=None) -> int:
         if result and (result.get("profile") != cfg.profile or result.get("model") != cfg.model.name):
             raise ToolchainError(f"{json_path} holds another experiment (profile {result.get('profile')}); "
                                  "move it away or pass --results DIR")
-        if args.report_only:
+        if args.merge:
+            merge_results(result, read_json(args.merge), args.merge)
+            write_json(json_path, result)
+        if args.report_only or args.merge:
             if not result.get("runs"):
                 raise ToolchainError(f"{json_path} has no runs to report; run the comparison first")
             write_table(result, results_dir / f"{stem}.md")

@@ -66,3 +66,24 @@ def test_unknown_method_is_one_line_error(tmp_path, capsys):
                                    "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 10}}))
     assert bench.main([str(cfg), "--methods", "acsl,magic"]) == 2
     assert "valid: acsl" in capsys.readouterr().err
+
+
+def test_merge_adds_missing_runs_and_refuses_other_experiments():
+    import pytest
+
+    from toolchain.errors import ToolchainError
+
+    bench = _load_benchmark()
+    dense = {"checkpoint": "d.pt", "params": 100, "macs": 1000, "metric": 50.0}
+    run = lambda m, v, **kw: {"method": m, "budget": {"kind": "params", "value": v}, **kw}  # noqa: E731
+    mine = {"model": "segnet", "profile": "quick", "dense": dense,
+            "runs": [run("acsl", 0.5, metric=40.0), run("scratch-plan", 0.5, error="needs ACSL")]}
+    other = {"model": "segnet", "profile": "quick", "dense": dense, "command": "python benchmarks/compression.py x",
+             "runs": [run("acsl", 0.5, metric=1.0), run("scratch-plan", 0.5, metric=30.0)]}
+    bench.merge_results(mine, other, "other.json")
+    got = {(r["method"], r["budget"]["value"]): r for r in mine["runs"]}
+    assert got[("acsl", 0.5)]["metric"] == 40.0                 # a run already here is kept
+    assert got[("scratch-plan", 0.5)]["metric"] == 30.0         # the failed row is replaced by the other's result
+    assert len(mine["runs"]) == 2 and mine["merged_commands"] == ["python benchmarks/compression.py x"]
+    with pytest.raises(ToolchainError, match="another experiment"):
+        bench.merge_results(mine, dict(other, dense=dict(dense, checkpoint="other.pt")), "other.json")
