@@ -43,3 +43,13 @@ def tiny_seg_config(tmp_path):
     path = tmp_path / "tiny_seg.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def tiny_synthetic_config(tmp_path, name: str = "tiny", **quantize):
+    """A validated tiny synthetic segmentation config (segnet 0.125, 32x32, 4 images) for export/build tests."""
+    from toolchain.config import validate_config
+
+    return validate_config({"name": name, "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
+                            "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 4},
+                            "train": {"batch_size": 2}, "quantize": {"calib_images": 4, **quantize},
+                            "out_dir": str(tmp_path / "runs")})

@@ -10,17 +10,14 @@ import torch.nn as nn
 
 from toolchain.build import build, optimisation_profile, trtexec_command
 from toolchain.build.trt_compat import tensorrt_available
-from toolchain.config import validate_config
+from conftest import tiny_synthetic_config
 from toolchain.errors import ToolchainError
 from toolchain.export import export_model
 from toolchain.targets import load_target
 
 
 def make_cfg(tmp_path, **q):
-    return validate_config({"name": "b", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
-                            "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 4},
-                            "train": {"batch_size": 2}, "quantize": {"calib_images": 4, **q},
-                            "out_dir": str(tmp_path / "runs")})
+    return tiny_synthetic_config(tmp_path, "b", **q)
 
 
 @pytest.fixture

@@ -13,17 +13,14 @@ from toolchain.calibration import CalibrationBatcher, CalibrationCache, passes_g
 from toolchain.calibration.calib_set import CalibrationSet, calibration_set
 from toolchain.calibration.gate import run_int8_gate
 from toolchain.calibration.trt_calibrator import make_trt_calibrator
-from toolchain.config import validate_config
+from conftest import tiny_synthetic_config
 from toolchain.export import export_model
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def make_cfg(tmp_path, **quantize):
-    return validate_config({"name": "c", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
-                            "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 4},
-                            "train": {"batch_size": 2}, "quantize": {"calib_images": 4, **quantize},
-                            "out_dir": str(tmp_path / "runs")})
+    return tiny_synthetic_config(tmp_path, "c", **quantize)
 
 
 @pytest.fixture

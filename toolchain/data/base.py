@@ -20,8 +20,12 @@ from torch.utils.data import Dataset
 
 from toolchain.data import transforms as T
 from toolchain.data.density import density_map, scale_points
+from toolchain.errors import ToolchainError
 
 CLS_PAD = 4  # pixels of padding for the CIFAR-style random crop
+
+
+SPLITS = ("train", "val", "test")
 
 
 class TaskDataset(Dataset):
@@ -30,6 +34,8 @@ class TaskDataset(Dataset):
     task: str = ""
 
     def __init__(self, cfg, split: str, train: bool):
+        if split not in SPLITS:
+            raise ToolchainError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
         self.cfg = cfg
         self.split = split
         self.train = bool(train)

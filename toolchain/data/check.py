@@ -14,9 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from toolchain.data import build_dataset, describe_source, uses_synthetic
+from toolchain.data.base import SPLITS
 from toolchain.data.transforms import load_label, verify_image
-
-SPLITS = ("train", "val", "test")
 
 
 def check_dataset(cfg, full: bool = False) -> dict:
