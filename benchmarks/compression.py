@@ -7,11 +7,12 @@
 For one experiment config it runs the dense model (trained here if no --checkpoint), the eight pruning
 methods of `acsl prune` and the references `scratch-plan` (ACSL's channel plan at that budget, randomly
 initialised, trained for dense + sparsity + recovery epochs) and `scratch-uniform` (the zoo model at the
-uniform width with the same parameter count, trained the same way), at every budget, with the same
+uniform width with the same parameter count as ACSL's result - the same MACs for a flops budget - trained
+the same way), at every budget, with the same
 sparsity and recovery epochs for every method (cfg.prune). A method's sparsity-learning run is shared
 by its budgets (toolchain.prune.pipeline caches it). Each run's result is appended to
 `<results>/compression_<dataset>_<model>.json` as soon as it completes, so an interrupted comparison
-resumes where it stopped; then a Markdown table and a Pareto plot (metric vs params removed) are written
+resumes where it stopped; then a Markdown table and a Pareto plot (metric vs params removed; vs MACs removed for flops budgets) are written
 next to it. Failures are rows with an `error`, retried on the next invocation.
 """
 from __future__ import annotations
@@ -151,32 +152,38 @@ def scratch_plan_entry(cfg, budget: str) -> dict:
     return _train_scratch(cfg, model, run_dir, scratch_epochs(cfg), "scratch_plan", {"channel_plan": plan})
 
 
-def uniform_width(cfg, target_params: int) -> float:
-    """The width multiplier whose zoo model has the parameter count closest to `target_params`."""
+def uniform_width(cfg, target: int, kind: str = "params") -> float:
+    """The width multiplier whose zoo model's cost (`kind`: params or MACs) is closest to `target`."""
     from toolchain.models import create_model
-    from toolchain.models.complexity import count_params
+    from toolchain.models.complexity import count_params, model_summary
 
-    def params(width: float) -> int:
-        return count_params(create_model(cfg.model.name, cfg.data.num_classes, width=width, **cfg.model.kwargs))
+    def cost(width: float) -> int:
+        model = create_model(cfg.model.name, cfg.data.num_classes, width=width, **cfg.model.kwargs)
+        if kind == "params":
+            return count_params(model)
+        return model_summary(model, tuple(cfg.data.input_size))["macs"]
 
     lo, hi = 1e-3, cfg.model.width
-    best = (abs(params(hi) - target_params), hi)
+    best = (abs(cost(hi) - target), hi)
     for _ in range(24):
         mid = (lo + hi) / 2
-        n = params(mid)
-        best = min(best, (abs(n - target_params), mid))
-        if n > target_params:
+        n = cost(mid)
+        best = min(best, (abs(n - target), mid))
+        if n > target:
             hi = mid
         else:
             lo = mid
     return round(best[1], 5)
 
 
-def scratch_uniform_entry(cfg, budget: str, acsl_params: int) -> dict:
+def scratch_uniform_entry(cfg, budget: str, acsl: dict) -> dict:
+    """The zoo model at the uniform width matching ACSL's result in the budget's own cost: the same parameter
+    count for a params budget, the same MACs for a flops budget."""
     from toolchain.models import build_from_config
     from toolchain.train.trainer import seed_everything
 
-    width = uniform_width(cfg, acsl_params)
+    kind = "params" if parse_budget(budget).kind == "params" else "macs"
+    width = uniform_width(cfg, acsl[kind], kind)
     cfg_u = config_from_dict(deep_merge(config_to_dict(cfg), {"model": {"width": width}}))
     seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir() / "bench" / f"scratch-uniform_{parse_budget(budget).tag()}"
@@ -263,10 +270,12 @@ def write_plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     dense = result["dense"]
+    kinds = {r["budget"]["kind"] for r in result["runs"]}
+    cost = "macs" if kinds == {"flops"} else "params"  # x axis: the budget's own cost
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = sorted({r["method"] for r in result["runs"] if not r.get("error")})
     for method in methods:
-        pts = sorted((1 - r["params"] / dense["params"], r["metric"]) for r in result["runs"]
+        pts = sorted((1 - r[cost] / dense[cost], r["metric"]) for r in result["runs"]
                      if r["method"] == method and not r.get("error") and r["metric"] is not None)
         if pts:
             style = "--" if method.startswith("scratch") else "-"
@@ -274,7 +283,7 @@ def write_plot(result: dict, path: Path) -> None:
                     linewidth=2.5 if method == "acsl" else 1.2)
     if dense.get("metric") is not None:
         ax.axhline(dense["metric"], color="black", linestyle=":", label="dense")
-    ax.set_xlabel("fraction of parameters removed")
+    ax.set_xlabel("fraction of MACs removed" if cost == "macs" else "fraction of parameters removed")
     ax.set_ylabel(f"test {result['metric']}")
     ax.set_title(f"{result['dataset']} / {result['model']}")
     ax.grid(alpha=0.3)
@@ -341,7 +350,7 @@ def main(argv=None) -> int:
                                 and not r.get("error")]
                         if not acsl:
                             raise ToolchainError(f"scratch-uniform needs ACSL's result at {text}; run method acsl first")
-                        entry = scratch_uniform_entry(cfg, text, acsl[0]["params"])
+                        entry = scratch_uniform_entry(cfg, text, acsl[0])
                     else:
                         entry = prune_entry(cfg, checkpoint, method, text)
                 except ToolchainError as err:

@@ -87,3 +87,23 @@ def test_merge_adds_missing_runs_and_refuses_other_experiments():
     assert len(mine["runs"]) == 2 and mine["merged_commands"] == ["python benchmarks/compression.py x"]
     with pytest.raises(ToolchainError, match="another experiment"):
         bench.merge_results(mine, dict(other, dense=dict(dense, checkpoint="other.pt")), "other.json")
+
+
+def test_scratch_uniform_matches_the_budgets_cost():
+    """params budget -> the uniform width with ACSL's parameter count; flops budget -> with ACSL's MACs."""
+    from toolchain.config import config_from_dict
+    from toolchain.models import create_model
+    from toolchain.models.complexity import count_params, model_summary
+
+    bench = _load_benchmark()
+    cfg = config_from_dict({"name": "x", "task": "classification", "model": {"name": "resnet20", "width": 1.0},
+                            "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 10}})
+    half = create_model("resnet20", 10, width=0.5)
+    target_params, target_macs = count_params(half), model_summary(half, (32, 32))["macs"]
+    w_params = bench.uniform_width(cfg, target_params, "params")
+    w_macs = bench.uniform_width(cfg, target_macs, "macs")
+    assert abs(count_params(create_model("resnet20", 10, width=w_params)) - target_params) < 0.03 * target_params
+    got_macs = model_summary(create_model("resnet20", 10, width=w_macs), (32, 32))["macs"]
+    assert abs(got_macs - target_macs) < 0.03 * target_macs
+    # a target between the two costs' curves tells them apart: matching MACs to a params count picks another width
+    assert abs(bench.uniform_width(cfg, target_params // 4, "macs") - bench.uniform_width(cfg, target_params // 4)) > 0.05

@@ -114,6 +114,7 @@ def test_cli_train_and_eval(tiny_seg_config, tmp_path, capsys):
 def test_ddp_two_cpu_processes_match_single_process(tiny_seg_config, tmp_path):
     """torchrun with 2 gloo ranks: same data per step as one process with the doubled batch."""
     cfg_single = load_config(tiny_seg_config, overrides={"train": {"epochs": 1}})
+    seed_everything(cfg_single.train.seed)  # the same initial weights as `acsl train` builds (it seeds first)
     single = fit(cfg_single, build_from_config(cfg_single), tmp_path / "single")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
@@ -123,7 +124,7 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_seg_config, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ddp = load_checkpoint(tmp_path / "ddp" / "dense_last.pt")
     ddp_loss = ddp["history"][0]["loss"]
-    assert abs(ddp_loss - single.history[0]["loss"]) / single.history[0]["loss"] < 0.15
+    assert abs(ddp_loss - single.history[0]["loss"]) / single.history[0]["loss"] < 0.05  # BN stats are per rank
     # the distributed evaluation of one checkpoint equals the single-process one exactly
     model, _ = load_model(tmp_path / "ddp" / "dense_last.pt", cfg_single)
     single_val = evaluate(model, cfg_single, "val")["miou"]

@@ -1,0 +1,210 @@
+"""Sparsity-strength sweep: does sparsity learning move the BN scales at all in this schedule, and which
+lambda does the val split choose, per method?
+
+    python benchmarks/lambda_sweep.py configs/shb_csrnet.yaml --profile quick \
+        --checkpoint benchmarks/.runs/shb_csrnet_quick/dense_best.pt --budget params=0.9 \
+        --methods acsl,slimming --lams 1e-3,1e-2,1e-1 [--results benchmarks/results] [--dataset shanghaitech_b]
+
+For every (method, lambda) it runs the whole `acsl prune` flow (sparsity -> select -> slim -> recover) with
+prune.sparsity.lam = lambda, in its own run folder (`<out_dir>/<name>/lam_sweep/<method>_lam<lambda>/`), and
+records how far the gammas moved (median |gamma| before/after, fraction below 1e-2 of the largest), the val
+metric after sparsity learning, right after slimming (before recovery) and after recovery, and the test
+metric. The lambda per method is chosen on val after recovery; test is reported, never used to choose.
+Each run is written to `<results>/lambda_sweep_<dataset>_<model>.json` as it completes (resumable), with a
+Markdown table and a plot next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from toolchain.config import config_from_dict, config_to_dict, deep_merge, load_config, parse_dotted_overrides  # noqa: E402
+from toolchain.errors import ToolchainError  # noqa: E402
+from toolchain.prune.select import parse_budget  # noqa: E402
+from toolchain.utils.io import atomic_path, atomic_write_text, read_json, write_json  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config")
+    p.add_argument("--profile")
+    p.add_argument("--checkpoint", required=True, help="dense checkpoint")
+    p.add_argument("--budget", default="params=0.9")
+    p.add_argument("--methods", default="acsl,slimming")
+    p.add_argument("--lams", default="1e-3,1e-2,1e-1", help="comma-separated lambda values")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--dataset", help="dataset label of the result file (default: first word of the config name)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p.parse_args(argv)
+
+
+def gamma_stats(checkpoint: Path) -> dict:
+    """Median |gamma| and the fraction of |gamma| below 1e-2 x max over every BN layer of a checkpoint."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_state"]
+    gammas = torch.cat([v.detach().abs().flatten().float() for k, v in state.items()
+                        if k.endswith(".weight") and k[:-len("weight")] + "running_mean" in state])
+    return {"median_abs_gamma": float(gammas.median()),
+            "frac_below_1pct_of_max": float((gammas < 1e-2 * gammas.max()).float().mean()), "n": gammas.numel()}
+
+
+def one_run(cfg, checkpoint: Path, method: str, lam: float, budget: str) -> dict:
+    from toolchain.prune.pipeline import run_prune
+
+    cfg_l = config_from_dict(deep_merge(config_to_dict(cfg), {"prune": {"sparsity": {"lam": lam}}}))
+    out = cfg.run_dir() / "lam_sweep" / f"{method}_lam{lam:g}"
+    record = run_prune(cfg_l, checkpoint, method=method, budget=budget, out=out)
+    sparsity = record["stages"]["sparsity"] or {}
+    return {"params": record["after"]["params"], "macs": record["after"]["macs"],
+            "val_after_sparsity": sparsity.get("val_after"), "val_after_slim": record["stages"]["slim"]["val"],
+            "metric_val": record["val"], "metric": record["test"], "strengths": sparsity.get("strengths"),
+            "gammas": gamma_stats(Path(sparsity["checkpoint"])) if sparsity.get("checkpoint") else None,
+            "sparsity_epochs": record["sparsity_epochs"], "recover_epochs": record["recover_epochs"],
+            "run_dir": str(out)}
+
+
+def chosen(result: dict) -> dict:
+    """Per method, the lambda with the best val after recovery."""
+    better = max if result["higher_is_better"] else min
+    out = {}
+    for method in sorted({r["method"] for r in result["runs"] if not r.get("error")}):
+        runs = [r for r in result["runs"] if r["method"] == method and not r.get("error")]
+        out[method] = better(runs, key=lambda r: r["metric_val"])["lam"]
+    return out
+
+
+def write_table(result: dict, path: Path) -> None:
+    name = result["metric"]
+    g0 = result["dense"]["gammas"]
+    lines = [f"# Sparsity-strength sweep: {result['dataset']} / {result['model']} ({result['profile']} profile), "
+             f"budget {result['budget']}", "",
+             f"Dense: val {name} {result['dense']['metric_val']:.3f}, test {result['dense']['metric']:.3f}; "
+             f"median |gamma| {g0['median_abs_gamma']:.4f}, {g0['frac_below_1pct_of_max']:.1%} of gammas below 1% "
+             "of the largest.", "",
+             f"lambda chosen on val after recovery: {', '.join(f'{m} {v:g}' for m, v in chosen(result).items())}.", "",
+             "| method | lambda | median abs gamma | gammas < 1% of max | val after sparsity | val after slim "
+             "(no recovery) | val after recovery | test | wall s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(result["runs"], key=lambda r: (r["method"], r["lam"])):
+        if r.get("error"):
+            lines.append(f"| {r['method']} | {r['lam']:g} | failed: {r['error'][:80]} | | | | | | |")
+            continue
+        g = r["gammas"] or {}
+        lines.append(f"| {r['method']} | {r['lam']:g} | {g.get('median_abs_gamma', float('nan')):.4f} | "
+                     f"{g.get('frac_below_1pct_of_max', float('nan')):.1%} | {r['val_after_sparsity']:.3f} | "
+                     f"{r['val_after_slim']:.3f} | {r['metric_val']:.3f} | {r['metric']:.3f} | {r['wall_s']:.0f} |")
+    lines += ["", f"Command: `{result['command']}`",
+              f"Machine: {result['machine']}; commit {result['git_commit']}.", ""]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def write_plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(sorted({r["method"] for r in result["runs"] if not r.get("error")})):
+        runs = sorted((r for r in result["runs"] if r["method"] == method and not r.get("error")),
+                      key=lambda r: r["lam"])
+        lams, color = [r["lam"] for r in runs], colors[i % len(colors)]
+        axes[0].plot(lams, [r["val_after_slim"] for r in runs], marker="o", color=color,
+                     label=f"{method}: after slim")
+        axes[0].plot(lams, [r["metric_val"] for r in runs], marker="s", linestyle="--", color=color,
+                     label=f"{method}: after recovery")
+        axes[1].plot(lams, [(r["gammas"] or {}).get("median_abs_gamma", float("nan")) for r in runs],
+                     marker="o", color=color, label=method)
+    axes[1].axhline(result["dense"]["gammas"]["median_abs_gamma"], color="black", linestyle=":", label="dense")
+    axes[0].axhline(result["dense"]["metric_val"], color="black", linestyle=":", label="dense")
+    axes[0].set_ylabel(f"val {result['metric']}")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("median |gamma| after sparsity learning")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{result['dataset']} / {result['model']}, {result['budget']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from toolchain.prune.pipeline import _val
+    from toolchain.train.checkpoint import load_model
+    from toolchain.train.metrics import primary_metric
+    from toolchain.utils.provenance import git_commit, machine
+
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, profile=args.profile, overrides=parse_dotted_overrides(args.overrides))
+        parse_budget(args.budget)
+        try:
+            lams = [float(v) for v in args.lams.split(",") if v.strip()]
+        except ValueError:
+            raise ToolchainError(f"--lams must be comma-separated numbers, got '{args.lams}'") from None
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = [m for m in methods if m not in ("acsl", "cap", "slimming", "depgraph")]
+        if bad:
+            raise ToolchainError(f"method '{bad[0]}' has no sparsity learning to sweep (valid: acsl, cap, slimming, "
+                                 "depgraph)")
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_file():
+            raise ToolchainError(f"dense checkpoint {checkpoint} not found; train one with benchmarks/dense.py")
+        dataset = args.dataset or cfg.name.split("_")[0]
+        stem = f"lambda_sweep_{dataset}_{cfg.model.name}"
+        json_path = Path(args.results) / f"{stem}.json"
+        result = read_json(json_path) if json_path.is_file() else {}
+        if result and (result.get("budget") != args.budget or result.get("profile") != cfg.profile):
+            raise ToolchainError(f"{json_path} holds another sweep (budget {result.get('budget')}); "
+                                 "move it away or pass --results DIR")
+        if not result:
+            metric, higher = primary_metric(cfg.task)
+            dense, _ = load_model(checkpoint, cfg)
+            result = {"dataset": dataset, "model": cfg.model.name, "profile": cfg.profile, "budget": args.budget,
+                      "metric": metric, "higher_is_better": higher,
+                      "dense": {"metric": _val(dense, cfg, "test"), "metric_val": _val(dense, cfg, "val"),
+                                "gammas": gamma_stats(checkpoint), "checkpoint": str(checkpoint)},
+                      "runs": []}
+        result.update({"machine": machine(), "git_commit": git_commit(),
+                       "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/lambda_sweep.py"]
+                                           + list(sys.argv[1:] if argv is None else argv))})
+        for lam in lams:
+            for method in methods:
+                if any(r["method"] == method and r["lam"] == lam and not r.get("error") for r in result["runs"]):
+                    continue
+                result["runs"] = [r for r in result["runs"] if not (r["method"] == method and r["lam"] == lam)]
+                print(f"[lambda_sweep] {method} lam={lam:g}", flush=True)
+                t0 = time.time()
+                try:
+                    entry = one_run(cfg, checkpoint, method, lam, args.budget)
+                except ToolchainError as err:
+                    entry = {"error": str(err)}
+                    print(f"[lambda_sweep] {method} lam={lam:g} failed: {err}", file=sys.stderr)
+                entry.update({"method": method, "lam": lam, "wall_s": round(time.time() - t0, 2)})
+                result["runs"].append(entry)
+                write_json(json_path, result)
+        result["chosen_on_val"] = chosen(result)
+        write_json(json_path, result)
+        write_table(result, json_path.with_suffix(".md"))
+        write_plot(result, json_path.with_suffix(".png"))
+        print(f"[lambda_sweep] results: {json_path} (+ .md, .png); chosen on val: {result['chosen_on_val']}")
+        return 0
+    except ToolchainError as err:
+        print(f"lambda_sweep: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
