@@ -31,7 +31,7 @@ from toolchain.config import config_from_dict, config_to_dict, deep_merge, load_
 from toolchain.errors import ToolchainError  # noqa: E402
 from toolchain.prune.methods import METHODS, SCRATCH_METHODS  # noqa: E402
 from toolchain.prune.select import parse_budget  # noqa: E402
-from toolchain.utils.io import atomic_path, atomic_write_text, read_json, write_json  # noqa: E402
+from toolchain.utils.io import atomic_write_text, read_json, write_json  # noqa: E402
 
 DEFAULT_BUDGETS = {"segmentation": "params=0.5,params=0.7,params=0.85",
                    "counting": "params=0.5,params=0.7,params=0.85,params=0.9",
@@ -269,6 +269,8 @@ def write_plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from toolchain.report.plots import save_png
+
     dense = result["dense"]
     kinds = {r["budget"]["kind"] for r in result["runs"]}
     cost = "macs" if kinds == {"flops"} else "params"  # x axis: the budget's own cost
@@ -288,10 +290,7 @@ def write_plot(result: dict, path: Path) -> None:
     ax.set_title(f"{result['dataset']} / {result['model']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------- main

@@ -36,6 +36,8 @@ def plot_curve(history: list, metric: str, title: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from toolchain.report.plots import save_png
+
     epochs = [h["epoch"] for h in history if "val" in h]
     values = [h["val"][metric] for h in history if "val" in h]
     losses = [h["loss"] for h in history]
@@ -49,11 +51,7 @@ def plot_curve(history: list, metric: str, title: str, path: Path) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.9), ncol=2, fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=110)
 
 
 def write_table() -> None:

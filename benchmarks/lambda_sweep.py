@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 from toolchain.config import config_from_dict, config_to_dict, deep_merge, load_config, parse_dotted_overrides  # noqa: E402
 from toolchain.errors import ToolchainError  # noqa: E402
 from toolchain.prune.select import parse_budget  # noqa: E402
-from toolchain.utils.io import atomic_path, atomic_write_text, read_json, write_json  # noqa: E402
+from toolchain.utils.io import atomic_write_text, read_json, write_json  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -111,6 +111,8 @@ def write_plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from toolchain.report.plots import save_png
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, method in enumerate(sorted({r["method"] for r in result["runs"] if not r.get("error")})):
@@ -134,10 +136,7 @@ def write_plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{result['dataset']} / {result['model']}, {result['budget']}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def load_benchmark(name: str):
+    """Import benchmarks/<name>.py (a script, not a package module) for testing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def real_data(name: str) -> Path:
     """Path to a real dataset under ../shared/data, or skip the test saying why."""
     path = SHARED_DATA / name

@@ -1,19 +1,13 @@
 """benchmarks/lambda_sweep.py on a tiny synthetic experiment: one row per (method, lambda), the val split
 chooses, a stronger lambda moves the gammas further, resumable, bad input is one line."""
-import importlib.util
 import json
-from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("lambda_sweep", REPO / "benchmarks" / "lambda_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lambda_sweep")
 
 
 def _tiny(tmp_path):

@@ -1,19 +1,13 @@
 """benchmarks/compression.py on a tiny synthetic experiment: 2 methods x 2 budgets x 1 epoch plus the two
 scratch references; results written per run, resumable, table and Pareto plot produced."""
-import importlib.util
 import json
-from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("compression_bench", REPO / "benchmarks" / "compression.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compression")
 
 
 def test_compression_benchmark_tiny(tmp_path, capsys):

@@ -20,6 +20,18 @@ def _figure(width=6.4, height=4.0):
     return plt, fig, ax
 
 
+def save_png(fig, path, dpi: int = 120) -> None:
+    """Write a matplotlib figure to `path` as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    from toolchain.utils.io import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def _png(plt, fig) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
