@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
 from toolchain.config import config_from_dict, config_to_dict, deep_merge, load_config, parse_dotted_overrides  # noqa: E402
 from toolchain.errors import ToolchainError  # noqa: E402
 from toolchain.prune.select import parse_budget  # noqa: E402
+from toolchain.prune.sparsity import SPARSITY_METHODS  # noqa: E402
 from toolchain.utils.io import atomic_write_text, read_json, write_json  # noqa: E402
 
 
@@ -49,7 +50,9 @@ def gamma_stats(checkpoint: Path) -> dict:
     """Median |gamma| and the fraction of |gamma| below 1e-2 x max over every BN layer of a checkpoint."""
     import torch
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_state"]
+    from toolchain.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)["model_state"]
     gammas = torch.cat([v.detach().abs().flatten().float() for k, v in state.items()
                         if k.endswith(".weight") and k[:-len("weight")] + "running_mean" in state])
     return {"median_abs_gamma": float(gammas.median()),
@@ -154,10 +157,10 @@ def main(argv=None) -> int:
         except ValueError:
             raise ToolchainError(f"--lams must be comma-separated numbers, got '{args.lams}'") from None
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        bad = [m for m in methods if m not in ("acsl", "cap", "slimming", "depgraph")]
+        bad = [m for m in methods if m not in SPARSITY_METHODS]
         if bad:
-            raise ToolchainError(f"method '{bad[0]}' has no sparsity learning to sweep (valid: acsl, cap, slimming, "
-                                 "depgraph)")
+            raise ToolchainError(f"method '{bad[0]}' has no sparsity learning to sweep "
+                                 f"(valid: {', '.join(SPARSITY_METHODS)})")
         checkpoint = Path(args.checkpoint)
         if not checkpoint.is_file():
             raise ToolchainError(f"dense checkpoint {checkpoint} not found; train one with benchmarks/dense.py")
