@@ -95,6 +95,9 @@ class PruneConfig(_Strict):
     min_channels: int = Field(8, ge=1)
     min_fraction: float = Field(0.1, ge=0, le=1)
     round_to: int = Field(1, ge=1, description="round kept widths to a multiple (8 for GPU targets)")
+    group_reduction: Literal["mean", "max", "sum"] = Field(
+        "mean", description="gamma saliency over a group's BNs: mean|max of per-BN-normalised |gamma|, "
+        "or sum of raw |gamma| (before issue 11; never prunes multi-BN groups)")
     seed: int = 0
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     recover: RecoverConfig = Field(default_factory=RecoverConfig)

@@ -3,3 +3,4 @@ from toolchain.models.registry import build_from_config, create_model, list_mode
 
 # Zoo modules register themselves on import.
 from toolchain.models import segnet, pspnet, unet, csrnet, resnet_cifar, vgg_cifar  # noqa: F401,E402
+from toolchain.models import mobilenet_seg  # noqa: F401,E402

@@ -123,11 +123,12 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     t0 = time.time()
     graph = build_pruning_graph(model, tuple(cfg.data.input_size))
     cost = CostModel(graph)
-    saliency = channel_saliency(method.saliency, graph, seed=p.seed)
+    saliency = channel_saliency(method.saliency, graph, seed=p.seed, group_reduction=p.group_reduction)
     selection = select_channels(graph, saliency, budget, cost.cost_fn(budget.kind), min_channels=p.min_channels,
                                 min_fraction=p.min_fraction, round_to=p.round_to)
     select_record = {
         "stage": "select", "method": method.name, "saliency": method.saliency, "budget": budget.as_dict(),
+        "group_reduction": p.group_reduction if method.saliency == "bn-scale" else None,
         "groups": [{"root": g.root, "channels": g.size, "kept": k, "bns": [s.name for s in g.bns]}
                    for g, k in zip(graph.groups, selection.kept)],
         "estimated_fraction_removed": selection.fraction_removed, "min_channels": p.min_channels,
