@@ -111,17 +111,20 @@ def _train(model, reg, steps=40):
         if reg is not None:
             reg.after_backward(model, step)
         opt.step()
+        if reg is not None:
+            reg.after_step(model, step, opt.param_groups[0]["lr"])
         losses.append(loss.item())
     gammas = torch.cat([m.weight.detach().abs() for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
     return losses, gammas.mean().item()
 
 
-@pytest.mark.parametrize("method", ["acsl", "cap", "slimming", "depgraph"])
-def test_gammas_shrink_and_task_loss_decreases(method):
+@pytest.mark.parametrize("method,mode", [("acsl", "proximal"), ("cap", "proximal"), ("slimming", "proximal"),
+                                         ("acsl", "subgradient"), ("slimming", "subgradient"), ("depgraph", "proximal")])
+def test_gammas_shrink_and_task_loss_decreases(method, mode):
     plain_model, _ = _graph()
     _, plain_gamma = _train(plain_model, None)
     model, graph = _graph()
-    cfg = SparsityConfig(lam=5e-3 if method != "depgraph" else 1e-2, refresh_every=2)
+    cfg = SparsityConfig(lam=5e-3 if method != "depgraph" else 1e-2, refresh_every=2, mode=mode)
     reg = make_regulariser(method, graph, cfg).attach()
     losses, gamma = _train(model, reg)
     reg.detach()

@@ -78,6 +78,9 @@ class SparsityConfig(_Strict):
     clip: tuple[float, float] = Field((0.1, 10.0), description="strength clip range, multiples of lambda")
     max_positions: int = Field(4096, ge=16, description="spatial positions sampled per batch for the affinity")
     lr: Optional[float] = Field(None, gt=0, description="learning rate during sparsity learning (default: train.lr)")
+    mode: Literal["proximal", "subgradient"] = Field(
+        "proximal", description="proximal: gamma <- sign(gamma) max(|gamma| - lr_t lambda_c, 0) after each optimiser "
+        "step (docs/SPARSITY.md); subgradient: lambda_c sign(gamma) added to the gradient (washed out by Adam)")
 
 
 class RecoverConfig(_Strict):

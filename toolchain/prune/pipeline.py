@@ -84,7 +84,8 @@ def sparsity_stage(cfg, model: nn.Module, method: Method, dense_sha256: str) -> 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     try:
-        result = fit(cfg, model, run_dir, epochs=s.epochs, lr=s.lr or cfg.train.lr, after_backward=regulariser,
+        result = fit(cfg, model, run_dir, epochs=s.epochs, lr=s.lr or cfg.train.lr,
+                     after_backward=regulariser.after_backward, after_step=regulariser.after_step,
                      stage="sparsity", resume=True)
     except (NonFiniteLoss, SparsityDiverged) as err:
         raise ToolchainError(
@@ -178,6 +179,10 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
         write_json(records / "sparsity.json", sparsity_record)
 
     model = model.cpu()
+    from toolchain.prune.diagnostics import format_diagnostic, gamma_stats, prunable_gammas, slim_diagnostic, \
+        write_gamma_histogram
+
+    gammas = prunable_gammas(model, cfg.data.input_size)  # what selection ranks (diagnostic, issue 12)
     slim, plan, select_record, slim_record = select_and_slim(cfg, model, m, b)
     after = _summary(slim, cfg)
     removed = {"params": 1 - after["params"] / before["params"], "flops": 1 - after["macs"] / before["macs"]}
@@ -187,10 +192,21 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
     save_checkpoint(run_dir / "slim.pt", slim, cfg, stage="slim", channel_plan=plan)
     slim_record.update({"before": before, "after": after, "fraction_removed": removed, "val": _val(slim, cfg)})
     write_json(records / "slim.json", slim_record)
+    strengths = (sparsity_record or {}).get("strengths") or {}
+    histogram = write_gamma_histogram(
+        gammas, run_dir / "gamma_hist.png", title=f"{m.name} {b.tag()}: |gamma| "
+        + (f"after {strengths.get('mode', '')} sparsity, lam {strengths.get('lam', 0):g}" if sparsity_record else "(dense)"))
+    diagnostic = slim_diagnostic(
+        gamma_stats(gammas), metric=metric_name, higher_is_better=higher, val_dense=dense_val,
+        val_after_sparsity=sparsity_record["val_after"] if sparsity_record else None, val_after_slim=slim_record["val"],
+        histogram=histogram.name if histogram else None, sparsity=strengths or None)
+    print(format_diagnostic(diagnostic, m.name), flush=True)
+
 
     t_rec = time.time()
     recovered, recover_record = recover(cfg, slim, plan, teacher, run_dir, recover_method)
     recover_record.update({"stage": "recover", "val": _val(recovered, cfg), "wall_s": round(time.time() - t_rec, 2)})
+    diagnostic["val_after_recovery"] = recover_record["val"]
     write_json(records / "recover.json", recover_record)
     save_checkpoint(run_dir / "pruned.pt", recovered, cfg, stage="pruned", channel_plan=plan,
                     metric={metric_name: recover_record["val"]})
@@ -207,7 +223,8 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
         "stages": {"sparsity": sparsity_record, "select": select_record, "slim": slim_record,
                    "recover": recover_record},
         "sparsity_epochs": sparsity_record["epochs"] if sparsity_record else 0,
-        "recover_epochs": recover_record.get("epochs", 0), "checkpoint": str(run_dir / "pruned.pt"),
+        "recover_epochs": recover_record.get("epochs", 0), "diagnostic": diagnostic,
+        "checkpoint": str(run_dir / "pruned.pt"),
         "dense_checkpoint": str(checkpoint), "wall_s": round(time.time() - t_start, 2),
     }
     write_json(run_dir / "prune_record.json", final)

@@ -1,15 +1,27 @@
-"""Sparsity regularisers applied after `loss.backward()` (the `after_backward` hook of `fit()`).
+"""Sparsity regularisers on the prunable BN gammas, hooked into `fit()`.
+
+Two ways to apply a gamma method's per-channel strength lambda_c (`prune.sparsity.mode`, docs/SPARSITY.md):
+
+- `proximal` (default): after each optimiser step (`after_step(model, step, lr)`), the decoupled proximal
+  step of the L1 term, gamma <- sign(gamma) * max(|gamma| - lr_t * lambda_c, 0). The optimiser never sees
+  the penalty, so Adam/AdamW cannot normalise it away, and gammas reach exact zeros.
+- `subgradient` (the old behaviour, kept for the record): lambda_c * sign(gamma) added to gamma.grad after
+  `loss.backward()` (`after_backward(model, step)`). Under Adam/AdamW the update is normalised per
+  parameter, so a gamma moves about lr per step whatever lambda_c is.
+
+The regularisers (per-channel strength lambda_c):
 
 - `ACSLRegulariser`  ACSL.md section 3: channel affinity from forward hooks on the prunable BN outputs
   (centred, normalised, absolute correlation over at most `max_positions` sampled positions, refreshed
   every `refresh_every` training forwards, EMA with `ema_momentum`), redundancy rho, adaptive strength
-  lambda_{l,c} = lam * rho_{l,c} / mean(rho) clipped to [clip[0], clip[1]] x lam, subgradient
-  lambda_{l,c} * sign(gamma) added to gamma.grad; coupled channels share the mean strength of their group.
+  lambda_{l,c} = lam * rho_{l,c} / mean(rho) clipped to [clip[0], clip[1]] x lam; coupled channels share the
+  mean strength of their group.
 - `CAPRegulariser`   ACSL.md section 2: association A = softmax_rows(F F^T / P) (P sampled positions; the
   1/P keeps the softmax out of saturation, a documented choice), guide g = 1 - diag(A) / max(diag(A))
   rescaled to mean 1 per layer; strength lam * g.
-- `SlimmingRegulariser` Network Slimming: lam * sign(gamma) on every prunable BN gamma.
-- `GroupNormRegulariser` DepGraph group-norm sparse learning: Torch-Pruning's GroupNormPruner.regularize.
+- `SlimmingRegulariser` Network Slimming: the uniform strength lam on every prunable BN gamma.
+- `GroupNormRegulariser` DepGraph group-norm sparse learning: Torch-Pruning's GroupNormPruner.regularize
+  (a gradient term on whole groups of weights, not a gamma L1: `mode` does not apply to it).
 
 A non-finite gamma gradient (the loss blew up) raises `SparsityDiverged` naming the lambda to lower.
 """
@@ -24,6 +36,7 @@ from toolchain.errors import ToolchainError
 from toolchain.prune.groups import PruningGraph, example_inputs, output_layers
 
 EPS = 1e-12
+SPARSITY_MODES = ("proximal", "subgradient")
 
 
 class SparsityDiverged(ToolchainError):
@@ -84,6 +97,11 @@ def cap_guide(association: torch.Tensor) -> torch.Tensor:
     return guide / mean
 
 
+def soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """The proximal operator of threshold * |x|: sign(x) * max(|x| - threshold, 0) (exact zeros below it)."""
+    return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0)
+
+
 def share_within_groups(graph: PruningGraph, per_bn: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Coupled channels share one strength: the mean over the group's BN channels it maps to."""
     shared = {name: s.clone() for name, s in per_bn.items()}
@@ -105,13 +123,20 @@ def share_within_groups(graph: PruningGraph, per_bn: dict[str, torch.Tensor]) ->
 
 # ---------------------------------------------------------------------------------------------- regularisers
 class Regulariser:
-    """Base: holds the prunable BN layers; `after_backward(model, step)` is fit()'s hook."""
+    """Base: holds the prunable BN layers and applies lambda_c to their gammas through fit()'s hooks:
+    `after_backward(model, step)` (subgradient mode; the finiteness check in both modes) and
+    `after_step(model, step, lr)` (proximal mode, lr the learning rate of the step just taken)."""
     name = "base"
 
-    def __init__(self, graph: PruningGraph, lam: float):
+    def __init__(self, graph: PruningGraph, lam: float, mode: str = "proximal"):
+        if mode not in SPARSITY_MODES:
+            raise ToolchainError(f"unknown prune.sparsity.mode '{mode}' (valid: {', '.join(SPARSITY_MODES)})")
         self.graph = graph
         self.lam = float(lam)
+        self.mode = mode
         self.bns: dict[str, nn.Module] = {n: graph.module(n) for n in graph.bn_names()}
+        self.steps = 0
+        self.lr_sum = 0.0  # sum of lr_t over the steps taken: lam * lr_sum bounds how far the proximal step moves a gamma
 
     def attach(self) -> "Regulariser":
         return self
@@ -135,6 +160,8 @@ class Regulariser:
 
     def after_backward(self, model: nn.Module, step: int) -> None:
         self._check_finite(step)
+        if self.mode != "subgradient":
+            return
         strengths = self.strengths()
         with torch.no_grad():
             for name, bn in self.bns.items():
@@ -142,11 +169,30 @@ class Regulariser:
                     continue
                 bn.weight.grad.add_(strengths[name].to(bn.weight.device) * torch.sign(bn.weight.detach()))
 
+    def after_step(self, model: nn.Module, step: int, lr: float) -> None:
+        """Proximal mode: gamma <- sign(gamma) * max(|gamma| - lr * lambda_c, 0) on every prunable gamma."""
+        self.steps += 1
+        self.lr_sum += float(lr)
+        if self.mode != "proximal":
+            return
+        strengths = self.strengths()
+        alive = False
+        with torch.no_grad():
+            for name, bn in self.bns.items():
+                weight = bn.weight
+                weight.copy_(soft_threshold(weight, float(lr) * strengths[name].to(weight.device, weight.dtype)))
+                alive = alive or bool(weight.any())
+        if self.bns and not alive:
+            raise SparsityDiverged(
+                f"{self.name} sparsity learning zeroed every prunable gamma by step {step} (the network's output no "
+                f"longer depends on its input); lower prune.sparsity.lam (now {self.lam:g}) or prune.sparsity.lr")
+
     def describe(self) -> dict:
         s = self.strengths()
         flat = torch.cat([v.flatten() for v in s.values()]) if s else torch.zeros(1)
-        return {"method": self.name, "lam": self.lam, "strength_min": float(flat.min()),
-                "strength_mean": float(flat.mean()), "strength_max": float(flat.max())}
+        return {"method": self.name, "lam": self.lam, "mode": self.mode, "strength_min": float(flat.min()),
+                "strength_mean": float(flat.mean()), "strength_max": float(flat.max()), "steps": self.steps,
+                "lr_sum": round(self.lr_sum, 6), "shrink_budget": round(self.lam * self.lr_sum, 6)}
 
 
 class SlimmingRegulariser(Regulariser):
@@ -158,8 +204,9 @@ class _AffinityRegulariser(Regulariser):
     """Shared machinery of ACSL and CAP: BN forward hooks, sampled refresh, EMA of a C x C matrix."""
 
     def __init__(self, graph: PruningGraph, lam: float, *, refresh_every: int = 10, ema_momentum: float = 0.9,
-                 clip: tuple[float, float] = (0.1, 10.0), max_positions: int = 4096, seed: int = 0):
-        super().__init__(graph, lam)
+                 clip: tuple[float, float] = (0.1, 10.0), max_positions: int = 4096, seed: int = 0,
+                 mode: str = "proximal"):
+        super().__init__(graph, lam, mode)
         self.refresh_every = int(refresh_every)
         self.ema_momentum = float(ema_momentum)
         self.clip = (float(clip[0]), float(clip[1]))
@@ -250,11 +297,13 @@ class CAPRegulariser(_AffinityRegulariser):
 
 
 class GroupNormRegulariser(Regulariser):
-    """DepGraph group-norm sparse learning through Torch-Pruning's GroupNormPruner."""
+    """DepGraph group-norm sparse learning through Torch-Pruning's GroupNormPruner: a gradient term on whole
+    groups of weights (its own method), so `prune.sparsity.mode` does not apply and it reports mode 'group-norm'."""
     name = "depgraph"
 
     def __init__(self, graph: PruningGraph, lam: float):
         super().__init__(graph, lam)
+        self.mode = "group-norm"
         import torch_pruning as tp
 
         model = graph.model
@@ -276,16 +325,17 @@ SPARSITY_METHODS = ("acsl", "cap", "slimming", "depgraph")
 
 
 def make_regulariser(method: str, graph: PruningGraph, sparsity_cfg, seed: int = 0) -> Regulariser:
-    """The regulariser of `method` with cfg.prune.sparsity hyperparameters."""
+    """The regulariser of `method` with cfg.prune.sparsity hyperparameters (mode: proximal or subgradient)."""
     s = sparsity_cfg
+    mode = getattr(s, "mode", "proximal")
     if method == "acsl":
         return ACSLRegulariser(graph, s.lam, refresh_every=s.refresh_every, ema_momentum=s.ema_momentum,
-                               clip=tuple(s.clip), max_positions=s.max_positions, seed=seed)
+                               clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode)
     if method == "cap":
         return CAPRegulariser(graph, s.lam, refresh_every=s.refresh_every, ema_momentum=s.ema_momentum,
-                              clip=tuple(s.clip), max_positions=s.max_positions, seed=seed)
+                              clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode)
     if method == "slimming":
-        return SlimmingRegulariser(graph, s.lam)
+        return SlimmingRegulariser(graph, s.lam, mode=mode)
     if method == "depgraph":
         return GroupNormRegulariser(graph, s.lam)
     raise ToolchainError(f"method '{method}' has no sparsity-learning phase (those that do: {', '.join(SPARSITY_METHODS)})")

@@ -115,11 +115,12 @@ def _train_loader(cfg, epoch_sampler_seed: int):
 def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None, lr: float | None = None,
         loss_fn: Callable | None = None, after_backward: Callable | None = None, resume: bool = False,
         stage: str = "dense", teacher: nn.Module | None = None, extra_checkpoint: dict | None = None,
-        step_callback: Callable | None = None) -> FitResult:
+        step_callback: Callable | None = None, after_step: Callable | None = None) -> FitResult:
     """Train `model` on cfg's data; see the module docstring.
 
     loss_fn(model, images, targets) overrides the task loss (distillation); after_backward(model, step)
-    runs between backward and the optimizer step (sparsity learning); step_callback(step) runs after
+    runs between backward and the optimizer step (sparsity learning); after_step(model, step, lr) runs right
+    after the optimizer step with that step's learning rate (proximal sparsity); step_callback(step) runs after
     each optimizer step (tests use it to simulate an interrupt). extra_checkpoint is stored in every
     checkpoint (e.g. the channel plan of a slim model).
     """
@@ -185,6 +186,8 @@ def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None
                 scaler.unscale_(optimizer)
                 after_backward(unwrap(train_model), step)
             scaler.step(optimizer)
+            if after_step is not None:
+                after_step(unwrap(train_model), step, optimizer.param_groups[0]["lr"])
             scaler.update()
             scheduler.step()
             step += 1
