@@ -78,16 +78,14 @@ def pick_methods(text: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- runs
 def ensure_dense(cfg, checkpoint: str | None):
-    from toolchain.train.trainer import fit, seed_everything
-    from toolchain.models import build_from_config
+    from toolchain.train.dense import train_dense
 
     if checkpoint:
         return Path(checkpoint)
     best = cfg.run_dir() / "dense_best.pt"
     if best.is_file() and (cfg.run_dir() / "dense_history.json").is_file():
         return best
-    seed_everything(cfg.train.seed)
-    result = fit(cfg, build_from_config(cfg), cfg.run_dir(), stage="dense", resume=True)
+    result = train_dense(cfg, cfg.run_dir(), resume=True)
     return result.best_path
 
 

@@ -79,6 +79,18 @@ def test_parity_metrics_definitions():
     got[0, 1, 0, 0] = 2.0  # one pixel flips class
     r = parity_mod.compare("x", got, ref, "segmentation")
     assert r.argmax_agreement == pytest.approx(15 / 16) and r.failures
+    # a discontinuous op (argmax unpooling) that moved values in a small region: large max error,
+    # same classes everywhere -> passes; the same error spread over most pixels (a wrong export) fails
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 4, 32, 32)).astype(np.float32)
+    logits[:, 0] += 10.0
+    local = logits.copy()
+    local[:, :, :3, :3] += 0.5
+    r = parity_mod.compare("x", local, logits, "segmentation")
+    assert r.relative_error > 1e-2 and r.argmax_agreement == 1.0 and not r.failures
+    spread = logits * 1.001
+    r = parity_mod.compare("x", spread, logits, "segmentation")
+    assert r.argmax_agreement == 1.0 and any("90th-percentile" in f for f in r.failures)
     dens = np.full((2, 1, 4, 4), 0.5, np.float32)
     c = parity_mod.compare("x", dens * 1.00001, dens, "counting")
     assert c.count_error < 1e-3 and c.relative_error < 1e-4

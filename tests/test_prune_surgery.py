@@ -151,3 +151,31 @@ def test_verify_equivalence_rejects_a_wrong_slim_model():
     slim(graph, {stem.index: [3]})  # a different channel than the reference zeroes
     with pytest.raises(ToolchainError, match="surgery check failed"):
         verify_equivalence(dense, model, bn_channels, example_inputs(model, (16, 16)))
+
+
+def test_verify_equivalence_names_the_first_layer_that_diverges():
+    torch.manual_seed(0)
+    model = TinyResCat()
+    graph = build_pruning_graph(model, (16, 16))
+    dense = copy.deepcopy(model)
+    stem = next(g for g in graph.groups if g.root == "stem.0")
+    bn_channels = removed_bn_channels(graph, {stem.index: [2]})
+    slim(graph, {stem.index: [3]})
+    with pytest.raises(ToolchainError, match=r"in float64 .* first at layer 'stem\.1'"):
+        verify_equivalence(dense, model, bn_channels, example_inputs(model, (16, 16)))
+
+
+def test_surgery_check_is_computed_in_float64_so_rounding_cannot_trip_it():
+    """A correct surgery agrees to ~1e-16 in float64 (float32 rounding alone gives ~1e-7), so a
+    pre-activation sitting on an argmax/ReLU discontinuity cannot flip between the two models."""
+    from toolchain.models import create_model
+
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = create_model("segnet", num_classes=4, width=0.125).eval()
+        graph = build_pruning_graph(model, (32, 32))
+        gen = torch.Generator().manual_seed(seed)
+        removed = {g.index: torch.randperm(g.size, generator=gen)[: g.size // 2].tolist()
+                   for g in graph.groups if g.size >= 8}
+        _, _, error = prune_model(graph, removed, verify=True)
+        assert error < 1e-12, error

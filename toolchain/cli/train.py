@@ -16,25 +16,27 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from toolchain.data import describe_source
-    from toolchain.models import build_from_config
     from toolchain.models.complexity import model_summary
     from toolchain.train import distributed as dist_utils
     from toolchain.train.checkpoint import load_model
     from toolchain.train.evaluate import evaluate
-    from toolchain.train.trainer import fit, seed_everything
+    from toolchain.train.dense import build_seeded_model, train_dense
     from toolchain.utils.io import write_json
     from toolchain.utils.provenance import git_commit, machine, versions
 
+    from toolchain.utils.io import remove_stale_partials
+
     cfg = config_from_args(args)
     run_dir = Path(args.out) if args.out else cfg.run_dir()
-    seed_everything(cfg.train.seed)  # the initial weights depend only on the config's seed
-    model = build_from_config(cfg)
+    for path in remove_stale_partials(run_dir):
+        print(f"removed {path}, left behind by a run that no longer exists")
+    model = build_seeded_model(cfg)  # the initial weights depend only on the config's seed
     summary = model_summary(model, cfg.data.input_size)
     if dist_utils.is_main():
         print(f"data: {describe_source(cfg)}")
         print(f"model: {cfg.model.name} width {cfg.model.width}: {summary['params'] / 1e6:.3f} M params, "
               f"{summary['macs'] / 1e9:.3f} GMACs at {cfg.data.input_size[0]}x{cfg.data.input_size[1]}")
-    result = fit(cfg, model, run_dir, resume=args.resume)
+    result = train_dense(cfg, run_dir, resume=args.resume, model=model)
     main_rank = dist_utils.is_main()
     dist_utils.shutdown()  # under torchrun, rank 0 evaluates alone from here on
     if not main_rank:

@@ -29,10 +29,9 @@ def train_dense(cfg, folder: Path, resume: bool, checkpoint: Optional[Path], log
         shutil.copyfile(checkpoint, out)
         log(f"  using the given dense checkpoint {checkpoint}")
         return {"checkpoint": out}, {"source": str(checkpoint), "metric": ckpt.get("metric")}
-    from toolchain.models import build_from_config
-    from toolchain.train.trainer import fit
+    from toolchain.train.dense import train_dense as train
 
-    result = fit(cfg, build_from_config(cfg), folder, resume=resume, stage="dense")
+    result = train(cfg, folder, resume=resume)  # seeded before the model is built: reproducible
     if result.best_path is None:
         raise ToolchainError("dense training produced no checkpoint; check train.epochs and the data")
     shutil.copyfile(result.best_path, out)
