@@ -81,7 +81,8 @@ def test_load_bundle_reproduces_exported_onnx(deployed):
     sess = ort.InferenceSession(str(result.bundle / "slim.onnx"), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {"input": preprocess(frame, cfg.preprocessing())[None]})[0][0]
     np.testing.assert_allclose(out.raw, ref, rtol=1e-4, atol=1e-4)
-    assert out.class_map.shape == (32, 32) and (out.class_map == ref.argmax(0)).all()
+    assert out.class_map_net.shape == (32, 32) and (out.class_map_net == ref.argmax(0)).all()
+    assert out.class_map.shape == (48, 40)  # at the frame's resolution
     bgr = model(frame[:, :, ::-1].copy(), color="BGR")
     np.testing.assert_allclose(bgr.raw, out.raw, rtol=1e-5, atol=1e-5)
     assert model.warmup(seconds=0.0, min_runs=2) == 2

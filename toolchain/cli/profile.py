@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     src.add_argument("--engine", help="an ONNX model or TensorRT engine")
     p.add_argument("--target", help="target name (default: the bundle's target; required with --engine)")
     p.add_argument("--precision", help="which of the bundle's precisions (default: the manifest's default)")
+    p.add_argument("--expect-manifest-sha256", help="with --bundle: refuse a bundle whose manifest.json has another "
+                                                    "sha256 (as load(..., expect_manifest_sha256=) does)")
     p.add_argument("--batch", default=None, help="comma-separated batch sizes (default: the target's)")
     p.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="warm-up seconds (default 1.0)")
@@ -51,24 +53,50 @@ def _runner_factory(path: Path, target):
                              threads=target.onnxruntime.intra_op_threads).load()
 
 
+def _bundle_runner(args, load_target):
+    """The same verification and artifact choice as `toolchain.runtime.load` (every path inside the
+    bundle, every artifact checksummed, the manifest checked against the ONNX metadata)."""
+    from toolchain.deploy.bundle import bundle_path, verify_bundle
+    from toolchain.runtime.bundle import _pick_artifact, ort_runner_for
+
+    bundle = Path(args.bundle)
+    manifest = verify_bundle(bundle, expect_manifest_sha256=args.expect_manifest_sha256)
+    precision, chosen = _pick_artifact(manifest, args.precision, bundle)
+    artifact = chosen[0]
+    path = bundle_path(bundle, artifact["file"], "artifact")
+    target_name = args.target or (manifest.get("target") or {}).get("name")
+    if not target_name:
+        raise ToolchainError(f"bundle {bundle} names no target; pass --target (see `acsl targets`)")
+    target = load_target(target_name)
+    variant_onnx = f"{manifest.get('deployed_variant', 'slim')}.onnx"
+    onnx_for_cost = bundle_path(bundle, variant_onnx) if variant_onnx in manifest["files"] else None
+    if artifact["kind"] == "onnx":
+        def make_runner():
+            return ort_runner_for(bundle, manifest, [artifact], list(target.onnxruntime.providers),
+                                  target.onnxruntime.intra_op_threads)[0]
+    else:
+        from toolchain.build.sidecar import sidecar_path
+
+        side = sidecar_path(artifact["file"]).as_posix()
+        if side not in manifest["files"]:
+            raise ToolchainError(f"bundle {bundle}: the engine sidecar {side} is not listed (checksummed) in "
+                                 "manifest.json; refused: rebuild the bundle with `acsl deploy`")
+        make_runner = _runner_factory(path, target)
+    return make_runner, path, precision, target, onnx_for_cost
+
+
 def run(args: argparse.Namespace) -> int:
     from toolchain.profile.profiler import profile_engine
     from toolchain.profile.stats import format_trtexec
     from toolchain.targets import load_target
 
     precision, onnx_for_cost = "fp32", None
+    make_runner = None
     if args.bundle:
-        from toolchain.deploy.bundle import verify_bundle
-
-        manifest = verify_bundle(args.bundle)
-        precision = args.precision or manifest.get("default_precision") or "fp32"
-        chosen = [a for a in manifest["artifacts"] if a["precision"] == precision and a["variant"] == "slim"]
-        if not chosen:
-            raise ToolchainError(f"bundle has no slim {precision} model; have {manifest.get('precisions')}")
-        path = Path(args.bundle) / chosen[0]["file"]
-        target = load_target(args.target or manifest["target"]["name"])
-        onnx_for_cost = Path(args.bundle) / "slim.onnx"
+        make_runner, path, precision, target, onnx_for_cost = _bundle_runner(args, load_target)
     else:
+        if args.expect_manifest_sha256:
+            raise ToolchainError("--expect-manifest-sha256 only applies to --bundle")
         if not args.target:
             raise ToolchainError("--engine needs --target (e.g. --target cpu); see `acsl targets`")
         path, target = Path(args.engine), load_target(args.target)
@@ -90,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             res = evaluate(predict_fn(runner), cfg, "val", max_images=cfg.deploy.eval_images)
             return {"metric": metric, "value": float(res[metric]), "images": res.get("images"), "split": "val"}
 
-    record = profile_engine(_runner_factory(path, target), model_file=path, batches=_batches(args.batch, target),
+    record = profile_engine(make_runner or _runner_factory(path, target), model_file=path, batches=_batches(args.batch, target),
                             runs=args.runs, warmup_s=args.warmup_s, onnx_path=onnx_for_cost, target=target,
                             precision=precision, accuracy_fn=accuracy_fn)
     print(f"{path} on {record['measured_on']} ({record['backend']}; CUDA graph: {record['cuda_graph']['note']})")

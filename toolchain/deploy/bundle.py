@@ -1,25 +1,46 @@
 """Deploy bundles: a folder with the ONNX/engines, calibration cache, reports and `manifest.json`.
 
 A bundle is assembled in a hidden temporary folder next to its destination; `manifest.json`
-(which lists the sha256 of every other file) is written last, then the folder is renamed into
-place. An interrupted or failed write (disk full included) therefore never leaves a folder that
-looks like a valid bundle: without a manifest, or with a file whose checksum does not match,
-`verify_bundle` refuses it.
+(which lists the sha256 of every other file) and `manifest.sha256` (the sha256 of manifest.json,
+`sha256sum -c` format) are written last, then the folder is renamed into place. An interrupted or
+failed write (disk full included) therefore never leaves a folder that looks like a valid bundle.
+
+`verify_bundle` is the one check every consumer uses (`toolchain.runtime.load`, `acsl profile
+--bundle`, the deploy pipeline's reuse test). It refuses, in one line:
+
+- a manifest edited after writing (`manifest.sha256`), or not the one an app pinned
+  (`expect_manifest_sha256=`, see `manifest_sha256()`);
+- a path in `files` or in `artifacts` that is not a plain relative path inside the bundle (no
+  absolute paths, no `..`, no symlink resolving outside the folder);
+- a file whose sha256 differs from the manifest, and an artifact that is not listed (checksummed);
+- a manifest whose behaviour-changing fields (task, classes, preprocessing, input shape/layout,
+  decoding, channel plan, precision) disagree with the `metadata_props` and graph of the
+  checksummed ONNX models: those are the source of truth, written at export.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
+import re
 import shutil
-from pathlib import Path
-from typing import Callable, Optional
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Optional
 
 from toolchain.errors import ToolchainError
-from toolchain.utils.io import read_json, sha256_file, write_json
+from toolchain.utils.io import _json_default, sha256_file
 
 BUNDLE_FORMAT = "acsl-bundle/1"
 MANIFEST = "manifest.json"
+MANIFEST_SHA256 = "manifest.sha256"
+RESERVED = (MANIFEST, MANIFEST_SHA256)
+ARTIFACT_KINDS = ("onnx", "tensorrt-engine")
+DECODING_WORD = {"segmentation": "argmax", "counting": "density", "classification": "softmax"}
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+_REBUILD = "rebuild the bundle with `acsl deploy`"
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -39,15 +60,33 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def manifest_bytes(manifest: dict) -> bytes:
+    """The exact bytes written as manifest.json (sorted keys, so equal manifests hash equal)."""
+    return (json.dumps(manifest, indent=2, sort_keys=True, default=_json_default) + "\n").encode("utf-8")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_bundle(dest, files: dict[str, Path], manifest: dict,
                  writers: Optional[dict[str, Callable[[Path], None]]] = None) -> Path:
     """Assemble a bundle at `dest` atomically.
 
     `files` maps bundle-relative names to source files (copied); `writers` maps names to callables
     that write that file given its path (reports, scripts). Every file's sha256 goes into
-    `manifest["files"]`; the manifest is written last and the folder renamed over `dest`.
+    `manifest["files"]`; every `manifest["artifacts"][i]["file"]` must be one of those files. The
+    manifest and its own sha256 (`manifest.sha256`) are written last and the folder renamed over
+    `dest`.
     """
     dest = Path(dest)
+    names = [_safe_name(n) for n in list(files) + list(writers or {})]
+    for art in manifest.get("artifacts") or []:
+        if not isinstance(art, dict) or _safe_name(str(art.get("file", ""))) not in names:
+            raise ValueError(f"bundle artifact {art!r} is not one of the bundle's files")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
     old = dest.parent / f".{dest.name}.old-{os.getpid()}"
@@ -60,10 +99,12 @@ def write_bundle(dest, files: dict[str, Path], manifest: dict,
             target = tmp / _safe_name(name)
             target.parent.mkdir(parents=True, exist_ok=True)
             write(target)
-        listed = sorted(p for p in tmp.rglob("*") if p.is_file())
+        listed = sorted(p for p in tmp.rglob("*") if p.is_file() and not p.is_symlink())
         manifest = {**manifest, "format": BUNDLE_FORMAT,
                     "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in listed}}
-        write_json(tmp / MANIFEST, manifest)
+        data = manifest_bytes(manifest)
+        _write_synced(tmp / MANIFEST, data)
+        _write_synced(tmp / MANIFEST_SHA256, f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}\n".encode())
         _fsync_dir(tmp)
         if dest.exists():
             os.replace(dest, old)
@@ -85,23 +126,94 @@ def write_bundle(dest, files: dict[str, Path], manifest: dict,
 
 
 def _safe_name(name: str) -> str:
-    p = Path(name)
-    if p.is_absolute() or ".." in p.parts or name == MANIFEST:
-        raise ValueError(f"bad bundle file name: {name}")
-    return p.as_posix()
+    p = PurePosixPath(name)
+    if (not name or "\\" in name or "\x00" in name or p.is_absolute() or ".." in p.parts
+            or p.as_posix() != name or name in RESERVED):
+        raise ValueError(f"bad bundle file name: {name!r}")
+    return name
 
 
-def verify_bundle(bundle_dir) -> dict:
-    """Check the manifest and every file's sha256; return the manifest or raise a one-line error."""
+# -- verification --------------------------------------------------------------------------------
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bundle_path(bundle_dir, name: Any, what: str = "file") -> Path:
+    """The real path of bundle member `name`, refusing anything that is not a plain relative path
+    that stays inside the bundle once symlinks are resolved."""
+    bundle_dir = Path(bundle_dir)
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise ToolchainError(f"bundle {bundle_dir}: {what} {_short(name)} is not a valid relative path; {_REBUILD}")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or pure.as_posix() != name:
+        raise ToolchainError(f"bundle {bundle_dir}: {what} {name!r} is not a plain path inside the bundle "
+                             f"(absolute, '..' or not normalised); refused: {_REBUILD}")
+    root = Path(os.path.realpath(bundle_dir))
+    real = Path(os.path.realpath(root / name))
+    if real == root or root not in real.parents:
+        raise ToolchainError(f"bundle {bundle_dir}: {what} {name!r} resolves outside the bundle (a symlink to "
+                             f"{real}); refused: copy the real files into the bundle or {_REBUILD}")
+    return real
+
+
+def manifest_sha256(bundle_dir) -> str:
+    """sha256 of the bundle's manifest.json: pin it in an app with `load(..., expect_manifest_sha256=)`."""
+    return hashlib.sha256(bundle_path(bundle_dir, MANIFEST).read_bytes()).hexdigest()
+
+
+def _hash_file(path: Path, keep: bool) -> tuple[str, Optional[bytes]]:
+    if keep:
+        data = path.read_bytes()
+        return hashlib.sha256(data).hexdigest(), data
+    return sha256_file(path), None
+
+
+def read_verified(bundle_dir, manifest: dict, name: str) -> bytes:
+    """The bytes of bundle member `name`, checked against the manifest right now (so the bytes a
+    runner loads are the bytes that were verified, even if the file changes after verify_bundle)."""
+    files = manifest.get("files") or {}
+    if name not in files:
+        raise ToolchainError(f"bundle {bundle_dir}: {name!r} is not listed (checksummed) in {MANIFEST}; refused: "
+                             f"{_REBUILD}")
+    data = bundle_path(bundle_dir, name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != files[name]:
+        raise ToolchainError(f"bundle file {name} in {bundle_dir} does not match its manifest checksum "
+                             "(altered or corrupt); copy the whole folder again or rerun `acsl deploy`")
+    return data
+
+
+def verify_bundle(bundle_dir, expect_manifest_sha256: Optional[str] = None) -> dict:
+    """Check the manifest (its own sha256, an optional pin, every path, every file's sha256, every
+    artifact listed, the behaviour-changing fields against the checksummed ONNX models); return the
+    manifest or raise a one-line ToolchainError."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise ToolchainError(f"bundle not found: {bundle_dir} (create one with `make deploy TARGET=...`)")
-    manifest_path = bundle_dir / MANIFEST
-    if not manifest_path.is_file():
+    if not (bundle_dir / MANIFEST).is_file():
         raise ToolchainError(f"{bundle_dir} has no {MANIFEST}: it is not a bundle or its writing was interrupted; "
                              "rerun `acsl deploy`")
+    manifest_path = bundle_path(bundle_dir, MANIFEST)
+    raw = manifest_path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if expect_manifest_sha256 is not None:
+        pin = str(expect_manifest_sha256).strip().lower()
+        if not _HEX64.match(pin):
+            raise ToolchainError(f"expect_manifest_sha256 must be 64 hex digits (got {_short(expect_manifest_sha256)}); "
+                                 f"get it with `sha256sum {manifest_path}`")
+        if pin != digest:
+            raise ToolchainError(f"bundle {bundle_dir} is not the pinned one: manifest.json sha256 {digest[:16]}... "
+                                 f"!= expected {pin[:16]}...; deploy the pinned bundle or update the pin")
+    if not (bundle_dir / MANIFEST_SHA256).is_file():
+        raise ToolchainError(f"{bundle_dir} has no {MANIFEST_SHA256} (written by this toolchain since the manifest is "
+                             f"checksummed); {_REBUILD}")
+    recorded = bundle_path(bundle_dir, MANIFEST_SHA256).read_bytes()[:200].decode("ascii", "replace").split()
+    if not recorded or recorded[0].lower() != digest:
+        raise ToolchainError(f"{manifest_path} was edited after the bundle was written (its sha256 does not match "
+                             f"{MANIFEST_SHA256}); {_REBUILD}")
     try:
-        manifest = read_json(manifest_path)
+        manifest = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise ToolchainError(f"{manifest_path} is corrupt (not JSON); rerun `acsl deploy` to rebuild the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
@@ -109,12 +221,183 @@ def verify_bundle(bundle_dir) -> dict:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ToolchainError(f"{manifest_path} lists no files; rebuild the bundle with `acsl deploy`")
-    for name, digest in files.items():
-        path = bundle_dir / name
+    artifacts = _artifacts(bundle_dir, manifest)
+    keep = _models_to_check(manifest, artifacts)
+    model_bytes: dict[str, bytes] = {}
+    for name, expected in files.items():
+        if name in RESERVED:
+            raise ToolchainError(f"bundle {bundle_dir}: {MANIFEST} lists {name} as a file; refused: {_REBUILD}")
+        path = bundle_path(bundle_dir, name)
+        if not isinstance(expected, str) or not _HEX64.match(expected):
+            raise ToolchainError(f"bundle {bundle_dir}: the checksum of {name} in {MANIFEST} is not a sha256 "
+                                 f"({_short(expected)}); {_REBUILD}")
         if not path.is_file():
             raise ToolchainError(f"bundle {bundle_dir} is missing {name} (listed in the manifest); "
                                  "copy the whole folder again or rerun `acsl deploy`")
-        if sha256_file(path) != digest:
+        got, data = _hash_file(path, name in keep)
+        if got != expected:
             raise ToolchainError(f"bundle file {name} in {bundle_dir} does not match its manifest checksum "
                                  "(altered or corrupt); copy the whole folder again or rerun `acsl deploy`")
+        if data is not None:
+            model_bytes[name] = data
+    _cross_check(bundle_dir, manifest, artifacts, model_bytes)
     return manifest
+
+
+def _artifacts(bundle_dir: Path, manifest: dict) -> list[dict]:
+    files = manifest["files"]
+    artifacts = manifest.get("artifacts", [])
+    if not isinstance(artifacts, list):
+        raise ToolchainError(f"bundle {bundle_dir}: 'artifacts' in {MANIFEST} is not a list; {_REBUILD}")
+    for field in ("deployed_variant", "default_precision"):
+        if manifest.get(field) is not None and not isinstance(manifest[field], str):
+            raise ToolchainError(f"bundle {bundle_dir}: '{field}' in {MANIFEST} is not a string; {_REBUILD}")
+    for art in artifacts:
+        if not isinstance(art, dict) or not all(isinstance(art.get(k), str) for k in ("file", "kind", "precision",
+                                                                                      "variant")):
+            raise ToolchainError(f"bundle {bundle_dir}: artifact {_short(art)} needs string file, kind, precision and "
+                                 f"variant; {_REBUILD}")
+        bundle_path(bundle_dir, art["file"], "artifact")
+        if art["file"] not in files:
+            raise ToolchainError(f"bundle {bundle_dir}: artifact {art['file']!r} is not listed (checksummed) in "
+                                 f"{MANIFEST}; refused: {_REBUILD}")
+        if art["kind"] not in ARTIFACT_KINDS:
+            raise ToolchainError(f"bundle {bundle_dir}: artifact {art['file']!r} has unknown kind {art['kind']!r} "
+                                 f"(expected one of {', '.join(ARTIFACT_KINDS)}); {_REBUILD}")
+    builds = manifest.get("device_builds", [])
+    if not isinstance(builds, list) or not all(isinstance(b, dict) for b in builds):
+        raise ToolchainError(f"bundle {bundle_dir}: 'device_builds' in {MANIFEST} is not a list of tables; {_REBUILD}")
+    for build in builds:  # engines built on the device later: never loaded from here, but no path may escape
+        for key in ("file", "sidecar", "build_script"):
+            if key in build:
+                bundle_path(bundle_dir, build[key], f"device build {key}")
+    return artifacts
+
+
+def _models_to_check(manifest: dict, artifacts: list[dict]) -> set[str]:
+    """The ONNX files whose metadata the manifest must agree with: every ONNX artifact and the
+    deployed variant's exported ONNX (the only reference for engine-only bundles)."""
+    names = {a["file"] for a in artifacts if a["kind"] == "onnx"}
+    exported = f"{manifest.get('deployed_variant', 'slim')}.onnx"
+    if exported in manifest["files"]:
+        names.add(exported)
+    return names
+
+
+def _fail(bundle_dir: Path, name: str, field: str, in_manifest: Any, in_model: Any) -> None:
+    raise ToolchainError(f"bundle {bundle_dir}: manifest {field} {_short(in_manifest)} does not match the checksummed "
+                         f"model {name} ({_short(in_model)}); the manifest was edited or mixed from another bundle: "
+                         f"{_REBUILD}")
+
+
+def _disagree(bundle_dir: Path, field: str, value: Any, other: str) -> None:
+    raise ToolchainError(f"bundle {bundle_dir}: manifest {field} {_short(value)} disagrees with its {other}; the "
+                         f"manifest was edited: {_REBUILD}")
+
+
+def _static_dims(value_info) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], model_bytes: dict[str, bytes]) -> None:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from toolchain.export.metadata import channel_plan_hash
+
+    if not model_bytes:
+        raise ToolchainError(f"bundle {bundle_dir} has no checksummed ONNX model to check {MANIFEST} against "
+                             f"(neither an ONNX artifact nor {manifest.get('deployed_variant', 'slim')}.onnx); "
+                             f"{_REBUILD}")
+    task = manifest.get("task")
+    if task not in DECODING_WORD:
+        raise ToolchainError(f"bundle {bundle_dir}: task {_short(task)} in {MANIFEST} is not one of "
+                             f"{', '.join(DECODING_WORD)}; {_REBUILD}")
+    classes, pre = manifest.get("classes"), manifest.get("preprocessing")
+    if not isinstance(classes, list) or not isinstance(pre, dict):
+        raise ToolchainError(f"bundle {bundle_dir}: {MANIFEST} lacks a classes list or a preprocessing table; "
+                             f"{_REBUILD}")
+    size = pre.get("input_size")
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ToolchainError(f"bundle {bundle_dir}: preprocessing.input_size {_short(size)} is not [H, W]; {_REBUILD}")
+    deployed = manifest.get("deployed_variant", "slim")
+    variants_of: dict[str, set] = {f"{deployed}.onnx": {deployed}}
+    precisions_of: dict[str, set] = {}
+    for art in artifacts:  # one file may be named by several artifacts: each claim is checked
+        variants_of.setdefault(art["file"], set()).add(art["variant"])
+        if art["kind"] == "onnx":
+            precisions_of.setdefault(art["file"], set()).add(art["precision"])
+    plan_hash = channel_plan_hash(manifest.get("channel_plan"))
+
+    for name, data in sorted(model_bytes.items()):
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except (DecodeError, ValueError, RuntimeError):
+            raise ToolchainError(f"bundle {bundle_dir}: {name} is not a valid ONNX model; {_REBUILD}") from None
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if "task" not in meta or "preprocessing" not in meta:
+            raise ToolchainError(f"bundle {bundle_dir}: {name} carries no toolchain metadata (task, classes, "
+                                 f"preprocessing), so {MANIFEST} cannot be checked against it; {_REBUILD}")
+        if meta["task"] != task:
+            _fail(bundle_dir, name, "task", task, meta["task"])
+        try:
+            names = json.loads(meta.get("class_names", "[]"))
+            num = int(meta.get("num_classes", len(names)))
+            model_pre = json.loads(meta["preprocessing"])
+        except ValueError:
+            raise ToolchainError(f"bundle {bundle_dir}: the metadata of {name} is corrupt; {_REBUILD}") from None
+        expected_classes = list(names) or [str(i) for i in range(num)]
+        if classes != expected_classes:
+            _fail(bundle_dir, name, "classes", classes, expected_classes)
+        if pre != model_pre:
+            diff = sorted(k for k in set(pre) | set(model_pre) if pre.get(k) != model_pre.get(k))
+            _fail(bundle_dir, name, f"preprocessing.{diff[0]}", pre.get(diff[0]), model_pre.get(diff[0]))
+        if "input_layout" in meta and meta["input_layout"] != pre.get("layout"):
+            _fail(bundle_dir, name, "preprocessing.layout", pre.get("layout"), meta["input_layout"])
+        model_info = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+        if "name" in model_info and "model_name" in meta and model_info["name"] != meta["model_name"]:
+            _fail(bundle_dir, name, "model.name", model_info["name"], meta["model_name"])
+        for variant in sorted(variants_of.get(name, {deployed})):
+            want_plan = plan_hash if variant == deployed else "dense" if variant == "dense" else None
+            if want_plan is not None and meta.get("channel_plan_sha256", want_plan) != want_plan:
+                _fail(bundle_dir, name, f"variant {variant!r} (channel plan sha256)", want_plan[:16],
+                      str(meta.get("channel_plan_sha256"))[:16])
+        quantized = any(node.op_type in _QUANT_OPS for node in proto.graph.node)
+        for precision in sorted(precisions_of.get(name, ())):
+            if quantized != (precision == "int8"):
+                _fail(bundle_dir, name, f"precision of {name}", precision,
+                      "quantized" if quantized else "not quantized")
+        _check_graph_shapes(bundle_dir, name, proto, task, size, len(classes))
+    for key in ("mean", "std"):  # the top-level copies must not disagree with what the runtime uses
+        if key in manifest and manifest[key] != pre.get(key):
+            _disagree(bundle_dir, key, manifest[key], f"preprocessing.{key} {_short(pre.get(key))}")
+    inp = manifest.get("input") or {}
+    if not isinstance(inp, dict):
+        raise ToolchainError(f"bundle {bundle_dir}: 'input' in {MANIFEST} is not a table; {_REBUILD}")
+    shape = inp.get("shape")
+    if shape is not None and (not isinstance(shape, list) or len(shape) != 4 or shape[1:] != [3, *size]):
+        _disagree(bundle_dir, "input.shape", shape, f"preprocessing.input_size {size}")
+    for key in ("layout", "color"):
+        if key in inp and inp[key] != pre.get(key):
+            _disagree(bundle_dir, f"input.{key}", inp[key], f"preprocessing.{key} {_short(pre.get(key))}")
+    decoding = (manifest.get("output") or {}).get("decoding") if isinstance(manifest.get("output"), dict) else None
+    if decoding is not None and DECODING_WORD[task] not in str(decoding):
+        _disagree(bundle_dir, "output.decoding", decoding, f"task {task!r} (decoded by {DECODING_WORD[task]})")
+
+
+def _check_graph_shapes(bundle_dir: Path, name: str, proto, task: str, size: list, num_classes: int) -> None:
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or not proto.graph.output:
+        raise ToolchainError(f"bundle {bundle_dir}: {name} must have one image input and an output "
+                             f"(has {len(inputs)} inputs); {_REBUILD}")
+    dims = _static_dims(inputs[0])
+    if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], [3, *size])):
+        _fail(bundle_dir, name, "input shape", ["N", 3, *size], dims)
+    out = _static_dims(proto.graph.output[0])
+    if task in ("segmentation", "classification") and len(out) >= 2 and out[1] not in (None, num_classes):
+        _fail(bundle_dir, name, "number of classes", num_classes, out[1])
+    if task == "counting" and len(out) >= 2 and out[1] not in (None, 1):
+        _fail(bundle_dir, name, "task", task, f"an output with {out[1]} channels")

@@ -58,15 +58,18 @@ class OrtRunner(Runner):
 
     Providers that are not installed are skipped (recorded in `skipped_providers`);
     `profile_prefix` turns on ONNX Runtime's profiler, whose JSON path `close()` stores in
-    `profile_path`.
+    `profile_path`. `model_bytes` (the serialized model) is loaded instead of reading `model_path`,
+    which then only names the model in messages: the bundle loader passes the bytes it verified.
     """
 
     backend = "onnxruntime"
 
     def __init__(self, model_path: str | Path, providers: Optional[Sequence] = None, *, opt_level: str = "all",
-                 threads: Optional[int] = None, profile_prefix: Optional[str] = None) -> None:
+                 threads: Optional[int] = None, profile_prefix: Optional[str] = None,
+                 model_bytes: Optional[bytes] = None) -> None:
         super().__init__()
         self.model_path = Path(model_path)
+        self.model_bytes = model_bytes
         self.requested_providers = list(providers or ["CPUExecutionProvider"])
         self.opt_level, self.threads, self.profile_prefix = opt_level, threads, profile_prefix
         self.providers: list[str] = []
@@ -77,14 +80,15 @@ class OrtRunner(Runner):
     def _load(self) -> None:
         import onnxruntime as ort
 
-        if not self.model_path.is_file():
+        if self.model_bytes is None and not self.model_path.is_file():
             raise ToolchainError(f"ONNX model not found: {self.model_path}")
         kept, self.skipped_providers = filter_providers(self.requested_providers, available_providers())
         names = [p[0] if isinstance(p, (tuple, list)) else p for p in kept]
         options = [dict(p[1]) if isinstance(p, (tuple, list)) else {} for p in kept]
         opts = session_options(self.opt_level, self.threads, self.profile_prefix)
         try:
-            self.session = ort.InferenceSession(os.fspath(self.model_path), opts, providers=names,
+            model = self.model_bytes if self.model_bytes is not None else os.fspath(self.model_path)
+            self.session = ort.InferenceSession(model, opts, providers=names,
                                                 provider_options=options)
         except Exception as err:  # noqa: BLE001 - ORT raises several unrelated exception types
             raise ToolchainError(f"ONNX Runtime could not load {self.model_path}: {str(err).splitlines()[0]}") from None
