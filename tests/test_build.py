@@ -49,8 +49,8 @@ def test_cpu_int8_build_runs_gate(tmp_path, onnx_model):
 
 
 def test_tensorrt_target_without_tensorrt_writes_script(tmp_path, onnx_model):
-    if tensorrt_available():
-        pytest.skip("tensorrt is installed: the engine path is tested in test_build_trt.py")
+    if tensorrt_available("tensorrt"):
+        pytest.skip("TensorRT (the Jetson flavour) is installed: the engine path is tested in test_build_trt.py")
     logs = []
     result = build(make_cfg(tmp_path), onnx_model, "jetson-orin-nx-16gb", "fp16", tmp_path / "out",
                    log=logs.append, dla_core=0)
@@ -59,7 +59,8 @@ def test_tensorrt_target_without_tensorrt_writes_script(tmp_path, onnx_model):
     assert (out / "model.onnx").exists() and os.access(out / "build_engine.sh", os.X_OK)
     cmd = (out / "trtexec.txt").read_text()
     assert "--fp16" in cmd and "--useDLACore=0 --allowGPUFallback" in cmd and "--memPoolSize=workspace:2048" in cmd
-    assert any("where TensorRT is installed" in line for line in logs)
+    assert any("where it is installed" in line for line in logs)
+    assert (out / "model.fp16.onnx").exists()  # what TensorRT >= 11 builds strongly typed
     subprocess.run(["bash", "-n", str(out / "build_engine.sh")], check=True)
 
 
@@ -80,6 +81,57 @@ def test_build_script_runs_with_fake_trtexec(tmp_path, onnx_model):
     verify_engine_file(tmp_path / "out" / "model.engine", side)
     args = (tmp_path / "out" / "args.txt").read_text()
     assert "--fp16" in args and "--minShapes" not in args  # static ONNX: no shape flags
+    assert "--onnx=model.onnx" in args and side["engine_onnx_sha256"] == side["onnx_sha256"]
+
+
+def _fake_trtexec(path, banner):
+    path.write_text("#!/usr/bin/env bash\nif [ \"$1\" = --help ]; then echo '[" + banner + "]'; exit 0; fi\n"
+                    "for a in \"$@\"; do case $a in --saveEngine=*) echo engine > \"${a#--saveEngine=}\";; esac; done\n"
+                    "echo \"$@\" > args.txt\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("banner,version,typed", [("TensorRT v8601", "8.6.1", False),
+                                                  ("TensorRT v100300", "10.3.0", False),
+                                                  ("TensorRT v110000", "11.0.0", True)])
+def test_build_script_in_a_bundle_layout(tmp_path, onnx_model, banner, version, typed):
+    """The script finds its ONNX by hash one folder up (bundle layout), checks the right file, and computes
+    the TensorRT version from the trtexec banner without the Python module (8601 -> 8.6.1, not 0.86.1)."""
+    if shutil.which("python3") is None:
+        pytest.skip("python3 not on PATH")
+    build(make_cfg(tmp_path), onnx_model, "desktop-gpu", "fp16", tmp_path / "out", log=lambda s: None)
+    bundle = tmp_path / "bundle"
+    (bundle / "slim-fp16").mkdir(parents=True)
+    shutil.copyfile(tmp_path / "out" / "model.onnx", bundle / "slim.onnx")  # as the deploy bundle names it
+    for name in ("build_engine.sh", "model.fp16.onnx"):
+        shutil.copyfile(tmp_path / "out" / name, bundle / "slim-fp16" / name)
+    fake = _fake_trtexec(tmp_path / "trtexec", banner)
+    env = {**os.environ, "TRTEXEC": str(fake), "PATH": "/usr/bin:/bin"}  # no python tensorrt module on this PATH
+    proc = subprocess.run(["bash", str(bundle / "slim-fp16" / "build_engine.sh")], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr and "mismatch" not in proc.stderr
+    side = json.loads((bundle / "slim-fp16" / "model.engine.json").read_text())
+    assert side["tensorrt_version"] == version and side["strongly_typed"] is typed
+    args = (bundle / "slim-fp16" / "args.txt").read_text()
+    if typed:
+        assert "--onnx=./model.fp16.onnx" in args or "--onnx=model.fp16.onnx" in args
+        assert "--stronglyTyped" in args and "--fp16" not in args
+    else:
+        assert "--onnx=../slim.onnx" in args and "--fp16" in args
+
+
+def test_build_script_refuses_a_missing_onnx(tmp_path, onnx_model):
+    build(make_cfg(tmp_path), onnx_model, "desktop-gpu", "fp32", tmp_path / "out", log=lambda s: None)
+    lonely = tmp_path / "elsewhere" / "lonely"  # no ONNX here nor one folder up
+    lonely.mkdir(parents=True)
+    shutil.copyfile(tmp_path / "out" / "build_engine.sh", lonely / "build_engine.sh")
+    fake = _fake_trtexec(tmp_path / "trtexec", "TensorRT v100300")
+    proc = subprocess.run(["bash", str(lonely / "build_engine.sh")], env={**os.environ, "TRTEXEC": str(fake)},
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "no ONNX with sha256" in proc.stderr and "model.onnx" in proc.stderr
+    assert not (lonely / "model.engine").exists()
 
 
 def test_int8_on_target_without_int8(tmp_path, onnx_model):

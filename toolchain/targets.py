@@ -10,6 +10,7 @@ wherever a target name is accepted. A file may be an alias (`alias_of: other-tar
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from toolchain.errors import ToolchainError
 
+_CC = re.compile(r"\d+\.\d+")
 TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -102,7 +104,12 @@ class Target(_Strict):
     dla_core: Optional[int] = Field(None, ge=0, description="DLA core to build for; None = GPU only")
     dla_cores: int = Field(0, ge=0, description="how many DLA cores the device has")
     tensorrt: Optional[VersionRange] = None
+    tensorrt_flavour: Literal["tensorrt", "tensorrt-rtx"] = Field(
+        "tensorrt", description="tensorrt (JetPack / data-centre wheels) or tensorrt-rtx (TensorRT for RTX, "
+        "`import tensorrt_rtx`; strongly typed only, builds ahead of time without a GPU)")
     compute_capability: Optional[str] = None
+    compute_capabilities: list[str] = Field(
+        default_factory=list, description="TensorRT-RTX: GPU architectures the engine is built for, e.g. ['8.9']")
     jetson: bool = False
     input_shapes: InputShapePolicy = Field(default_factory=InputShapePolicy)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
@@ -110,6 +117,9 @@ class Target(_Strict):
     datasheet: Datasheet = Field(default_factory=Datasheet)
     profile_batch_sizes: list[int] = Field(default_factory=lambda: [1])
     power_modes: list[str] = Field(default_factory=list)
+    channel_multiple: dict[Precision, int] = Field(
+        default_factory=dict, description="per precision: the channel multiple the kernels want (prune.round_to: "
+        "target rounds kept widths to it); a precision not listed means 1")
     source: Optional[str] = Field(None, description="the YAML file (set by the loader)")
 
     @model_validator(mode="after")
@@ -120,6 +130,15 @@ class Target(_Strict):
             raise ValueError(f"dla_core {self.dla_core} but the device has {self.dla_cores} DLA cores")
         if self.backend == "tensorrt" and self.tensorrt is None:
             raise ValueError("a tensorrt target needs a 'tensorrt: {min, max}' version range")
+        bad = [c for c in self.compute_capabilities if not _CC.fullmatch(str(c))]
+        if bad:
+            raise ValueError(f"compute_capabilities must look like '8.9' (got {', '.join(map(str, bad))})")
+        if self.compute_capabilities and self.tensorrt_flavour != "tensorrt-rtx":
+            raise ValueError("compute_capabilities (ahead-of-time architectures) need tensorrt_flavour: tensorrt-rtx")
+        if self.tensorrt_flavour == "tensorrt-rtx" and self.dla_core is not None:
+            raise ValueError("TensorRT-RTX has no DLA: set dla_core: null")
+        if any(m < 1 for m in self.channel_multiple.values()):
+            raise ValueError(f"channel_multiple values must be >= 1 (got {self.channel_multiple})")
         return self
 
     def supports(self, precision: str) -> bool:
@@ -200,8 +219,10 @@ def format_targets_table(targets: list[Target]) -> str:
     rows = [("name", "backend", "precisions", "DLA", "TensorRT", "cc", "description")]
     for t in targets:
         trt = f"{t.tensorrt.min}-{t.tensorrt.max}" if t.tensorrt else "-"
+        trt = f"RTX {trt}" if t.tensorrt and t.tensorrt_flavour == "tensorrt-rtx" else trt
         name = f"{t.name} -> {t.alias_of}" if t.alias_of else t.name
         dla = "-" if t.dla_core is None else str(t.dla_core)
-        rows.append((name, t.backend, ",".join(t.precisions), dla, trt, t.compute_capability or "-", t.description))
+        cc = t.compute_capability or ",".join(t.compute_capabilities) or "-"
+        rows.append((name, t.backend, ",".join(t.precisions), dla, trt, cc, t.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows)

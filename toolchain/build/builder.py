@@ -3,7 +3,9 @@
 Every build folder is self-contained: the FP32 ONNX it started from, the INT8 artifacts
 (calibration set, Q/DQ model, calibration caches), the engine or optimised model, and
 `build.json`. TensorRT targets always also get `trtexec.txt` and `build_engine.sh`; without
-the `tensorrt` package the engine itself is left to that script on the device.
+the target's TensorRT flavour installed (`tensorrt`, or `tensorrt_rtx` for desktop-rtx) the engine
+itself is left to that script on the device. FP16 on TensorRT is also written as an FP16 ONNX
+(checked against the FP32 ONNX), which strongly typed builders (TensorRT 11, TensorRT-RTX) build.
 """
 from __future__ import annotations
 
@@ -138,6 +140,15 @@ def build_onnxruntime(cfg, onnx_path: Path, target, precision: str, out_dir: Pat
 
 
 # -- TensorRT --------------------------------------------------------------------------------------
+def _installed_capabilities(flavour: str):
+    """Capabilities of the installed TensorRT of this flavour, or None where it is not installed."""
+    from toolchain.build.trt_compat import capabilities, import_tensorrt
+
+    if not tensorrt_available(flavour):
+        return None
+    return capabilities(import_tensorrt(flavour=flavour))
+
+
 def build_tensorrt(cfg, onnx_path: Path, target, precision: str, out_dir: Path, *, gate: bool = True,
                    ignore_lint: bool = False, dla_core: Optional[int] = None, eval_images: Optional[int] = None,
                    log=print) -> BuildResult:
@@ -150,9 +161,16 @@ def build_tensorrt(cfg, onnx_path: Path, target, precision: str, out_dir: Path, 
     input_info = signature["inputs"][0]
     profile = optimisation_profile(input_info["shape"], cfg.data.input_size, target,
                                    int(meta.get("input_multiple", 1) or 1))
-    record: dict = {"backend": "tensorrt", "notes": [], "profile": profile, "dla_core": dla_core}
-    engine_onnx, built_precision, calib_cache, explicit = fp32, precision, None, False
+    flavour = target.tensorrt_flavour
+    caps = _installed_capabilities(flavour)
+    record: dict = {"backend": "tensorrt", "notes": [], "profile": profile, "dla_core": dla_core,
+                    "tensorrt_flavour": flavour, "tensorrt": caps.to_dict() if caps else None}
+    built_precision, calib_cache, explicit, qdq = precision, None, False, None
     implicit = target.calibration.implicit or dla_core is not None
+    if implicit and caps is not None and not caps.implicit_int8:
+        record["notes"].append(f"{caps.flavour} {caps.version} has no implicit INT8 calibration: INT8 is built "
+                               "from the Q/DQ ONNX here")
+        implicit = False
     if precision == "int8":
         int8 = _int8(cfg, fp32, target, out_dir, gate, eval_images, log)
         record["int8"] = {"gate": int8["gate"], "qdq_onnx": int8["qdq"], "calibration": int8["calib"].manifest(),
@@ -163,32 +181,91 @@ def build_tensorrt(cfg, onnx_path: Path, target, precision: str, out_dir: Path, 
         elif implicit:
             calib_cache = out_dir / "calibration" / "trt_calibration.cache"
         else:
-            engine_onnx, explicit = Path(int8["qdq"]), True
+            qdq, explicit = Path(int8["qdq"]), True
+            _lint_qdq(qdq, target)
+    fp16_onnx = None
+    if built_precision == "fp16":  # strongly typed builds (TensorRT >= 11, RTX, build_engine.sh there) need it
+        fp16_onnx = out_dir / "model.fp16.onnx"
+        shape = [d if isinstance(d, int) and d > 0 else o for d, o in zip(input_info["shape"], profile["opt"])]
+        record["fp16_check"] = _fp16_onnx(fp32, fp16_onnx, shape, input_info["name"], log)
+        record["fp16_onnx"] = fp16_onnx.name
+    files = {"fp32": fp32, "fp16": fp16_onnx or fp32, "qdq": qdq or fp32}
+    legacy_onnx = qdq or fp32                    # weak typing: FP32 ONNX + flags, or the Q/DQ ONNX + INT8
+    typed_onnx = files[{"fp32": "fp32", "fp16": "fp16", "int8": "qdq"}[built_precision]]
     engine = out_dir / "model.engine"
-    common = dict(onnx=engine_onnx.name, engine=engine.name, precision=built_precision,
+    common = dict(onnx=legacy_onnx.name, engine=engine.name, precision=built_precision,
                   workspace_mib=target.workspace_mib, profile=profile, input_name=input_info["name"],
                   dla_core=dla_core, calib_cache=str(calib_cache.relative_to(out_dir)) if calib_cache else None)
-    command = trtexec_command(**common)
+    command = trtexec_command(**common, strongly_typed=flavour == "tensorrt-rtx")
     atomic_write_text(out_dir / "trtexec.txt", command + "\n")
     script = out_dir / "build_engine.sh"
+    ccs = ",".join(target.compute_capabilities) or None
     atomic_write_text(script, build_script(**common, target=target.name, onnx_sha256=sha256_file(fp32),
-                                           compute_capability=target.compute_capability))
+                                           compute_capability=target.compute_capability or ccs,
+                                           legacy_onnx_sha256=sha256_file(legacy_onnx), typed_onnx=typed_onnx.name,
+                                           typed_onnx_sha256=sha256_file(typed_onnx), flavour=flavour))
     script.chmod(0o755)
     if calib_cache is not None:
         record["notes"].append("implicit INT8: the calibration cache is produced by the Python builder on the "
                                "device (`acsl build` there); trtexec --calib reuses it")
     record.update({"target": target.name, "precision_requested": precision, "precision": built_precision,
-                   "engine_onnx": engine_onnx.name, "explicit_int8": explicit, "onnx_sha256": sha256_file(fp32),
-                   "trtexec": command, "build_script": script.name, "workspace_mib": target.workspace_mib})
-    if not tensorrt_available():
-        msg = (f"TensorRT is not installed here: wrote the ONNX, INT8 artifacts and {script}; build the engine "
-               f"where TensorRT is installed (run `bash {script.name}` on the {target.name})")
+                   "explicit_int8": explicit, "onnx_sha256": sha256_file(fp32),
+                   "trtexec": command, "build_script": script.name, "workspace_mib": target.workspace_mib,
+                   "engine_onnx_weakly_typed": legacy_onnx.name, "engine_onnx_strongly_typed": typed_onnx.name})
+    if caps is None:
+        module = "tensorrt_rtx" if flavour == "tensorrt-rtx" else "tensorrt"
+        msg = (f"{flavour} is not installed here (no `{module}` module): wrote the ONNX, INT8 artifacts and {script}; "
+               f"build the engine where it is installed (run `bash {script.name}` on the {target.name})")
+        record["engine_onnx"] = typed_onnx.name
         record["notes"].append(msg)
         return _finish(record, cfg, signature, lint, meta, out_dir, None, False, started, log)
+    plan = caps.precision_plan(built_precision)
+    engine_onnx = {"fp32": fp32, "fp16": files["fp16"], "qdq": files["qdq"]}[plan["onnx"]]
+    if plan["onnx"] == "fp32" and built_precision == "int8" and qdq is not None:
+        engine_onnx = qdq
+    record["engine_onnx"] = engine_onnx.name
     sidecar = _build_engine_here(cfg, out_dir, engine, engine_onnx, built_precision, target, profile,
                                  input_info["name"], dla_core, calib_cache, explicit, fp32, log)
     record["sidecar"] = sidecar
+    record["engine_check"] = _engine_check(engine, engine_onnx, built_precision, profile, input_info["name"], log)
     return _finish(record, cfg, signature, lint, meta, out_dir, engine, True, started, log)
+
+
+def _lint_qdq(qdq: Path, target) -> None:
+    """The Q/DQ ONNX TensorRT will build must be one its parser accepts (checked before the device sees it)."""
+    from toolchain.export.lint import lint_onnx
+
+    errors = lint_onnx(qdq, target).errors
+    if errors:
+        first = errors[0]
+        raise ToolchainError(f"TensorRT cannot parse the INT8 model {qdq.name}: {first.op_type} (node '{first.node}') "
+                             f"{first.message}")
+
+
+def _fp16_onnx(fp32: Path, out: Path, shape: list, input_name: str, log) -> dict:
+    from toolchain.build.fp16 import fp16_onnx_checked
+
+    return fp16_onnx_checked(fp32, out, shape, input_name, log=log)
+
+
+def _engine_check(engine: Path, onnx_path: Path, precision: str, profile: dict, input_name: str, log) -> dict:
+    """The engine against the ONNX it was built from (ONNX Runtime CPU), where the engine can run here."""
+    from toolchain.build.compare import compare_runners, random_feeds
+    from toolchain.runtime.ort_runner import OrtRunner
+    from toolchain.runtime.trt_runner import TrtRunner
+
+    try:
+        runner = TrtRunner(engine).load()
+    except ToolchainError as err:
+        note = f"not run here ({str(err).split(';')[0]})"
+        return {"ran": False, "note": note}
+    try:
+        with OrtRunner(onnx_path, ["CPUExecutionProvider"]) as ref:
+            result = compare_runners(runner, ref, random_feeds(input_name, profile["opt"]), precision)
+    finally:
+        runner.close()
+    log(f"engine vs {onnx_path.name}: {result.summary()}")
+    return {"ran": True, **result.to_dict()}
 
 
 def _build_engine_here(cfg, out_dir, engine, engine_onnx, precision, target, profile, input_name, dla_core,
@@ -197,6 +274,7 @@ def _build_engine_here(cfg, out_dir, engine, engine_onnx, precision, target, pro
 
     calibrator, cuda = None, None
     if precision == "int8" and calib_cache is not None:
+        from toolchain.build.trt_compat import import_tensorrt
         from toolchain.calibration.calib_set import cache_key
         from toolchain.calibration.trt_calibrator import (CalibrationBatcher, CalibrationCache,
                                                           make_trt_calibrator)
@@ -216,15 +294,15 @@ def _build_engine_here(cfg, out_dir, engine, engine_onnx, precision, target, pro
             cuda.synchronize()
             return cuda.pointer(device["buf"])
 
-        import tensorrt as trt
-
+        trt = import_tensorrt("implicit INT8 calibration", flavour=target.tensorrt_flavour)
         calibrator = make_trt_calibrator(trt, CalibrationBatcher(arrays, batch), cache,
                                          target.calibration.implicit_method, to_device, input_name)
         log(cache.note or "calibrating")
     req = EngineRequest(onnx_path=engine_onnx, engine_path=engine, precision=precision,
                         workspace_mib=target.workspace_mib, profile=profile, target=target.name,
                         input_name=input_name, dla_core=dla_core, timing_cache=out_dir.parent / "timing.cache",
-                        calibrator=calibrator, explicit_int8=explicit, onnx_sha256=sha256_file(fp32))
+                        calibrator=calibrator, explicit_int8=explicit, onnx_sha256=sha256_file(fp32),
+                        compute_capabilities=list(target.compute_capabilities), flavour=target.tensorrt_flavour)
     return build_engine(req, log)
 
 

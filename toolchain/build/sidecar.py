@@ -74,18 +74,25 @@ def verify_engine_file(engine_path: str | Path, sidecar: dict) -> None:
                              "rebuild it on the device")
 
 
-def check_engine_compatible(sidecar: dict, tensorrt_version: str, gpu: Optional[dict]) -> list[str]:
-    """Raise a one-line ToolchainError if this machine cannot load the engine; return soft warnings."""
+def check_engine_compatible(sidecar: dict, tensorrt_version: str, gpu: Optional[dict],
+                            flavour: str = "tensorrt") -> list[str]:
+    """Raise a one-line ToolchainError if this machine cannot load the engine; return soft warnings.
+
+    `compute_capability` may list several ("8.6,8.9": a TensorRT-RTX ahead-of-time build)."""
     from toolchain.build.trt_compat import parse_version
 
     problems = []
     built = sidecar["tensorrt_version"]
-    if parse_version(built) != parse_version(tensorrt_version):
+    built_flavour = sidecar.get("tensorrt_flavour", "tensorrt")
+    if built_flavour != flavour:
+        problems.append(f"{built_flavour} {built} (this machine has {flavour} {tensorrt_version})")
+    elif parse_version(built) != parse_version(tensorrt_version):
         problems.append(f"TensorRT {built} (this machine has {tensorrt_version})")
     here_cc = (gpu or {}).get("compute_capability")
+    built_ccs = [c.strip() for c in str(sidecar["compute_capability"]).split(",")]
     if here_cc is None:
         problems.append(f"a GPU of compute capability {sidecar['compute_capability']} (no GPU found here)")
-    elif sidecar["compute_capability"] not in ("unknown", here_cc):
+    elif "unknown" not in built_ccs and here_cc not in built_ccs:
         problems.append(f"{sidecar['gpu_name']} (compute capability {sidecar['compute_capability']}; this GPU is "
                         f"{(gpu or {}).get('name')} with {here_cc})")
     if problems:

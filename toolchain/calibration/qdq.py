@@ -1,5 +1,5 @@
 """Explicit INT8: a Q/DQ ONNX from ONNX Runtime's `quantize_static` (QDQ format, symmetric INT8
-activations and weights, per-channel weights; MinMax / Entropy / Percentile calibration).
+activations and weights, per-channel weights, FP32 biases; MinMax / Entropy / Percentile calibration).
 
 The same Q/DQ model runs on ONNX Runtime CPU here (so INT8 accuracy is measured for real) and is
 what TensorRT builds explicitly (the path NVIDIA recommends from TensorRT 10 on). Activation ranges
@@ -23,6 +23,12 @@ from toolchain.errors import ToolchainError
 from toolchain.utils.io import atomic_path, read_json, sha256_file, write_json
 
 METHODS = ("minmax", "entropy", "percentile")
+# TensorRT's Q/DQ rules (docs/TENSORRT.md): symmetric INT8 (zero point 0) activations per tensor and
+# weights per output channel; biases stay FP32, because TensorRT's parser refuses an INT32
+# DequantizeLinear ("input has type Int32 but must have type FP8, FP4, Int4, Int8, or UInt8") and
+# fuses the FP32 bias into the INT8 convolution itself. ONNX Runtime runs the same file, so the
+# accuracy gate measures exactly the model TensorRT builds.
+TRT_QDQ_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -112,7 +118,7 @@ def quantize_qdq(fp32_onnx: str | Path, out_path: str | Path, calib: Calibration
     kwargs = dict(quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                   activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                   calibrate_method=_calibrate_method(method), nodes_to_exclude=list(nodes_to_exclude),
-                  extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                  extra_options=TRT_QDQ_OPTIONS)
     cache = None
     if cache_dir is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
         cache = RangeCache(cache_dir, cache_key(sha256_file(fp32_onnx), calib, method))

@@ -139,13 +139,23 @@ def _profile_stage(cfg, target, onnx: dict[str, Path], build: StageRecord, folde
     for name, row in build.summary["rows"].items():
         variant, precision = name.split("-", 1)
         artifact = build.artifacts.get(name)
-        if row["status"] != "ok" or artifact is None or row["kind"] != "onnx":
+        if row["status"] != "ok" or artifact is None or row["kind"] not in ("onnx", "tensorrt-engine"):
             profiles[name] = None if row["kind"] != "build-script" else _estimate_only(onnx[variant], target, precision)
             continue
+        if row["kind"] == "tensorrt-engine":
+            why = _engine_not_runnable(artifact, target)
+            if why:  # built (e.g. TensorRT-RTX ahead of time, no GPU here): say so, estimate only
+                profiles[name] = {**_estimate_only(onnx[variant], target, precision), "not_measured": why}
+                profiles[name]["roofline"]["efficiency_note"] = f"no measurement: engine built here, {why}"
+                log(f"  {name}: built, {why}")
+                continue
+            make = lambda a=artifact: _trt_runner(a)  # noqa: E731
+        else:
+            make = lambda a=artifact: OrtRunner(a, providers=providers, threads=threads).load()  # noqa: E731
         log(f"  profile {name} ({runs} runs, warm-up {warmup_s} s)")
-        profiles[name] = profile_engine(lambda a=artifact: OrtRunner(a, providers=providers, threads=threads).load(),
+        profiles[name] = profile_engine(make,
                                         model_file=artifact, batches=target.profile_batch_sizes, runs=runs,
-                                        warmup_s=warmup_s, onnx_path=artifact if precision == "fp32" else onnx[variant],
+                                        warmup_s=warmup_s, onnx_path=artifact if precision == "fp32" and row["kind"] == "onnx" else onnx[variant],
                                         target=target, precision=precision, accuracy_fn=accuracy)
     if target.backend != "onnxruntime":  # host reference: the FP32 ONNX measured on this machine
         for variant in VARIANTS:
@@ -155,6 +165,25 @@ def _profile_stage(cfg, target, onnx: dict[str, Path], build: StageRecord, folde
                 warmup_s=warmup_s, onnx_path=onnx[variant], target=None, precision="fp32", accuracy_fn=accuracy)
     out = write_json(folder / "profiles.json", profiles)
     return {"profiles": out}, {"profiled": sorted(k for k, v in profiles.items() if v)}
+
+
+def _trt_runner(engine: Path):
+    from toolchain.runtime.trt_runner import TrtRunner
+
+    return TrtRunner(engine).load()
+
+
+def _engine_not_runnable(engine: Path, target) -> Optional[str]:
+    """None when the engine loads here (a GPU of its architecture, its TensorRT); else why it is not measured."""
+    from toolchain.errors import ToolchainError as _Err
+
+    try:
+        _trt_runner(engine).close()
+        return None
+    except _Err as err:
+        needs = "an RTX GPU" if target.tensorrt_flavour == "tensorrt-rtx" else f"the {target.name}"
+        detail = str(err).split(";")[0].split(": ")[-1]
+        return f"not measured here (needs {needs}; {detail})"
 
 
 def _estimate_only(onnx_path: Path, target, precision: str) -> dict:
@@ -187,7 +216,14 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
 
     on_target = on_target or (target.jetson and is_jetson())
     notes = [f"stage {k}: {'reused' if r.reused else 'ran'} ({r.seconds:.1f} s)" for k, r in done.items()]
-    if not on_target:
+    built_here = [n for n, r in done["build"].summary["rows"].items() if r.get("kind") == "tensorrt-engine"
+                  and r.get("status") == "ok" and (profiles.get(n) or {}).get("not_measured")]
+    if built_here:
+        notes.insert(0, f"{len(built_here)} TensorRT engine(s) were built here by {target.tensorrt_flavour} but not "
+                        f"measured: this machine cannot run them (they need "
+                        f"{'an RTX GPU' if target.tensorrt_flavour == 'tensorrt-rtx' else 'the ' + target.name}). "
+                        "Their rows say 'built'; latency numbers are roofline estimates.")
+    elif not on_target:
         notes.insert(0, f"This run was not on a {target.name}: engines are built and measured there with "
                         f"`make deploy TARGET={target.name}` (or build_engine.sh in this bundle). "
                         "Rows marked 'host reference' were measured on this machine; roofline numbers are estimates.")
@@ -207,10 +243,16 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
             acc = prof.get("accuracy", {}).get("value")
             report["variants"].append(variant_row(name, variant, precision, profile=prof, file=file, size_bytes=size,
                                                   accuracy=acc, accuracy_metric=metric))
+        elif row["status"] == "ok" and artifact is not None:  # built, nothing could run it here
+            why = (prof or {}).get("not_measured") or "not measured here"
+            r = failed_row(name, variant, precision, why, status="built", file=file, size_bytes=size)
+            if prof and prof.get("estimate_only"):
+                r["estimate"] = prof["roofline"]
+            report["variants"].append(r)
         else:
             status = "skipped" if row["status"] in ("not-built", "skipped") else "failed"
-            r = failed_row(name, variant, precision, row["reason"] or row["status"], status=status, file=file,
-                           size_bytes=size)
+            r = failed_row(name, variant, precision, row["reason"] or f"{row['status']} (no reason recorded)",
+                           status=status, file=file, size_bytes=size)
             if prof and prof.get("estimate_only"):
                 r["estimate"] = prof["roofline"]
             report["variants"].append(r)
@@ -228,6 +270,8 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
 
 
 def _bundle_name(name: str, artifact: Path) -> str:
+    if artifact.suffix in (".engine", ".plan"):  # next to its sidecar (<name>/model.engine.json), as TrtRunner needs
+        return f"{name}/{artifact.name}"
     return f"{name}{''.join(artifact.suffixes[-1:])}" if artifact.suffix != ".onnx" else f"{name}.onnx"
 
 
@@ -237,10 +281,15 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
     from toolchain.utils.provenance import git_commit, versions
 
     files: dict[str, Path] = {f"{v}.onnx": onnx[v] for v in VARIANTS}
-    artifacts = []
+    artifacts, device_builds = [], []
     for name, row in done["build"].summary["rows"].items():
         variant, precision = name.split("-", 1)
         artifact = done["build"].artifacts.get(name)
+        if artifact is None and row.get("kind") == "build-script" and "build_engine.sh" in row.get("extra_files", []):
+            # the engine build_engine.sh writes on the device (engines are tied to the device's TensorRT)
+            device_builds.append({"file": f"{name}/model.engine", "sidecar": f"{name}/model.engine.json",
+                                  "build_script": f"{name}/build_engine.sh", "kind": "tensorrt-engine",
+                                  "variant": variant, "precision": precision})
         if artifact is not None:
             bname = _bundle_name(name, artifact)
             files[bname] = artifact
@@ -251,8 +300,9 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
                 files[f"{name}/{extra}"] = done["build"].artifacts[key]
     slim_ckpt = load_checkpoint(done["prune"].artifacts["checkpoint"])
     built = {a["precision"] for a in artifacts if a["variant"] == "slim"}
-    default = target.default_precision if target.default_precision in built else ("fp32" if "fp32" in built else
-                                                                                  sorted(built)[0] if built else None)
+    on_device = {d["precision"] for d in device_builds if d["variant"] == "slim"}
+    default = target.default_precision if target.default_precision in built | on_device else (
+        "fp32" if "fp32" in built else sorted(built)[0] if built else None)
     decoding = {"segmentation": "argmax over the class axis of B x K x H x W logits -> class map",
                 "counting": f"density map B x 1 x H/{cfg.data.density_stride} x W/{cfg.data.density_stride}; "
                             "count = sum of the map",
@@ -269,6 +319,7 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
         "target": {"name": target.name, "backend": target.backend, "precisions": list(target.precisions)},
         "precisions": sorted(built), "default_precision": default, "deployed_variant": "slim",
         "artifacts": artifacts,
+        "device_builds": device_builds,
         "channel_plan": slim_ckpt.get("channel_plan"),
         "versions": versions(), "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -30,6 +30,10 @@ DLA_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "Relu", "LeakyRelu", "
            "Softmax", "PRelu", "Slice", "Gemm", "MatMul", "Flatten", "Reshape", "Identity", "Constant", "Pad",
            "Upsample", "Div", "Pow", "Sqrt", "Abs"}
 INT64 = 7  # onnx.TensorProto.INT64
+# onnx.TensorProto element types a TensorRT DequantizeLinear accepts as input (INT8, UINT8, INT4, FP8 E4M3,
+# FP4 E2M1); INT32 (ONNX Runtime's quantized biases) is refused by the parser for every flavour
+QDQ_DTYPES = {3: "INT8", 2: "UINT8", 22: "INT4", 17: "FLOAT8E4M3FN", 23: "FLOAT4E2M1"}
+DTYPE_NAMES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 10: "FLOAT16", 4: "UINT16", 5: "INT16"}
 
 
 @dataclass
@@ -84,9 +88,57 @@ def _node_name(node, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
+def _initializer_types(graph) -> dict:
+    types = {i.name: (i.data_type, i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    types[n.output[0]] = (a.t.data_type, a.t)
+    return types
+
+
+def _value_types(graph) -> dict:
+    out = {}
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        if vi.type.HasField("tensor_type"):
+            out[vi.name] = vi.type.tensor_type.elem_type
+    return out
+
+
+def _qdq_issues(graph) -> list[LintIssue]:
+    """Q/DQ that TensorRT's ONNX parser refuses: INT32 (or other non-8/4-bit) DequantizeLinear inputs
+    (ONNX Runtime's quantized biases), non-zero zero points (TensorRT quantization is symmetric)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits, values = _initializer_types(graph), _value_types(graph)
+    issues = []
+    for index, node in enumerate(graph.node):
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        name = _node_name(node, index)
+        if node.op_type == "DequantizeLinear" and node.input:
+            dtype = inits.get(node.input[0], (values.get(node.input[0]), None))[0]
+            if dtype is not None and dtype not in QDQ_DTYPES:
+                hint = " (a quantized bias: quantize with QuantizeBias=False)" if dtype == 6 else ""
+                issues.append(LintIssue("error", node.op_type, name,
+                                        f"input has type {DTYPE_NAMES.get(dtype, dtype)}; TensorRT's parser needs "
+                                        f"INT8, UINT8, INT4, FP8 or FP4{hint}"))
+        if len(node.input) > 2 and node.input[2] in inits:
+            zp = numpy_helper.to_array(inits[node.input[2]][1])
+            if np.any(zp != 0):
+                issues.append(LintIssue("error", node.op_type, name,
+                                        "non-zero zero point: TensorRT supports symmetric quantization only "
+                                        "(quantize with ActivationSymmetric/WeightSymmetric)"))
+    return issues
+
+
 def _trt_issues(graph, target) -> list[LintIssue]:
     trt_min = target.tensorrt.min if target.tensorrt else "8.5"
     trt_max = target.tensorrt.max if target.tensorrt else "10.x"
+    if getattr(target, "tensorrt_flavour", "tensorrt") == "tensorrt-rtx":
+        trt_min, trt_max = "10.0", "10.x"  # TensorRT-RTX 1.x parses what TensorRT 10 parses (op rules)
     constants = _constant_names(graph)
     issues = []
     for index, node in enumerate(graph.node):
@@ -111,7 +163,7 @@ def _trt_issues(graph, target) -> list[LintIssue]:
         if target.dla_core is not None and node.op_type not in DLA_OPS:
             issues.append(LintIssue("warning", node.op_type, name,
                                     f"not run by DLA core {target.dla_core}: falls back to the GPU"))
-    return issues
+    return issues + _qdq_issues(graph)
 
 
 def _ort_issues(graph) -> list[LintIssue]:

@@ -1,4 +1,4 @@
-"""Runner over a serialized TensorRT engine (TensorRT 8.5 to 10.x, name-based tensor API).
+"""Runner over a serialized TensorRT engine (TensorRT 8.5 to 11, TensorRT-RTX; name-based tensor API).
 
 Loading checks the engine's sidecar first (checksum, TensorRT version, compute capability), so a
 corrupt or foreign engine is a one-line "rebuild on the device" error. Device buffers come from
@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from toolchain.build.sidecar import check_engine_compatible, read_sidecar, verify_engine_file
-from toolchain.build.trt_compat import detect_gpu, import_tensorrt
+from toolchain.build.trt_compat import detect_gpu, flavour_of, import_tensorrt
 from toolchain.errors import MissingDependency, ToolchainError
 from toolchain.runtime.base import Runner, Shape
 
@@ -152,7 +152,7 @@ class TrtRunner(Runner):
         self.sidecar = read_sidecar(self.engine_path)
         verify_engine_file(self.engine_path, self.sidecar)
         trt = import_tensorrt("running a TensorRT engine")
-        self.warnings = check_engine_compatible(self.sidecar, trt.__version__, detect_gpu())
+        self.warnings = check_engine_compatible(self.sidecar, trt.__version__, detect_gpu(), flavour_of(trt))
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         if self.sidecar.get("dla_core") is not None:
