@@ -3,9 +3,12 @@
     python examples/run_bundle.py deploy/cpu --source images/ --out overlays/   # a folder (no OpenCV needed)
     python examples/run_bundle.py deploy/jetson-orin-nx-16gb --source 0          # camera 0 (needs OpenCV)
     python examples/run_bundle.py deploy/cpu --source clip.mp4 --show            # a video (needs OpenCV)
+    python examples/run_bundle.py deploy/cpu --source images/ --pin $(cut -c1-64 deploy/cpu/manifest.sha256)
 
 Segmentation: the class map is blended over the frame; counting: the count is written on it;
-classification: the top class. Prints latency statistics at the end.
+classification: the top class. Camera/video frames stay BGR as OpenCV gives them and are passed with
+`bgr=True`. `--pin` refuses any bundle but the one whose manifest.json has that sha256. Prints
+latency statistics at the end.
 """
 from __future__ import annotations
 
@@ -30,9 +33,8 @@ def palette(n: int) -> np.ndarray:
 def overlay(frame_rgb: np.ndarray, pred, class_names: list[str]) -> np.ndarray:
     """The frame with the prediction drawn on it (RGB uint8)."""
     image = Image.fromarray(frame_rgb)
-    if pred.class_map is not None:
-        colours = palette(len(class_names))[pred.class_map]
-        mask = Image.fromarray(colours.astype(np.uint8)).resize(image.size, Image.NEAREST)
+    if pred.class_map is not None:  # already at the frame's resolution
+        mask = Image.fromarray(palette(len(class_names))[pred.class_map].astype(np.uint8))
         image = Image.blend(image, mask, 0.45)
         text = ", ".join(pred.class_names(class_names))
     elif pred.count is not None:
@@ -46,7 +48,7 @@ def overlay(frame_rgb: np.ndarray, pred, class_names: list[str]) -> np.ndarray:
 def frames_from_folder(folder: Path):
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         with Image.open(path) as img:
-            yield path.name, np.asarray(img.convert("RGB"))
+            yield path.name, np.asarray(img.convert("RGB")), False
 
 
 def frames_from_capture(source: str):
@@ -63,7 +65,7 @@ def frames_from_capture(source: str):
         ok, bgr = cap.read()
         if not ok:
             break
-        yield f"frame_{index:06d}.png", bgr[:, :, ::-1].copy()
+        yield f"frame_{index:06d}.png", bgr, True
         index += 1
     cap.release()
 
@@ -75,9 +77,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="folder to write overlays into")
     parser.add_argument("--show", action="store_true", help="show a window (OpenCV)")
     parser.add_argument("--precision", help="bundle precision (default: the manifest's)")
+    parser.add_argument("--pin", help="expected sha256 of the bundle's manifest.json (refuse any other bundle)")
     args = parser.parse_args(argv)
     try:
-        model = load(args.bundle, precision=args.precision)
+        model = load(args.bundle, precision=args.precision, expect_manifest_sha256=args.pin)
         print(model)
         model.warmup(0.5)
         src = Path(args.source)
@@ -85,8 +88,9 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else None
         if out:
             out.mkdir(parents=True, exist_ok=True)
-        for name, frame in frames:
-            drawn = overlay(frame, model(frame), model.class_names)
+        for name, frame, is_bgr in frames:
+            pred = model(frame, bgr=is_bgr)
+            drawn = overlay(frame[:, :, ::-1].copy() if is_bgr else frame, pred, model.class_names)
             if out:
                 Image.fromarray(drawn).save(out / Path(name).with_suffix(".png").name)
             if args.show:

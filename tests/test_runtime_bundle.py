@@ -173,6 +173,38 @@ def test_resigned_manifest_cannot_redirect_the_bundle(tmp_path, case, edit, matc
     _one_line_error(lambda: verify_bundle(bundle), match)
 
 
+def _manifest_symlink(bundle):
+    real = bundle.parent / "elsewhere.json"
+    shutil.move(bundle / "manifest.json", real)
+    (bundle / "manifest.json").symlink_to(real)
+
+
+def _dir_symlink(bundle):
+    _outside_model(bundle)
+    (bundle / "sub").symlink_to(bundle.parent / "outside", target_is_directory=True)
+    _resign(bundle, _add_file("sub/model.opt.onnx", "{OUT}/model.opt.onnx"))
+
+
+def _deep_json(bundle):
+    data = b"[" * 100000 + b"]" * 100000
+    (bundle / "manifest.json").write_bytes(data)
+    (bundle / "manifest.sha256").write_text(hashlib.sha256(data).hexdigest())
+
+
+STRUCTURAL = [
+    ("manifest symlinked outside", _manifest_symlink, "'manifest.json' resolves outside the bundle"),
+    ("folder symlinked outside", _dir_symlink, "'sub/model.opt.onnx' resolves outside the bundle"),
+    ("deeply nested manifest", _deep_json, "corrupt"),
+    ("sha file empty", lambda b: (b / "manifest.sha256").write_text(""), "edited after"),
+]
+
+
+@pytest.mark.parametrize("case,attack,match", STRUCTURAL, ids=[c[0] for c in STRUCTURAL])
+def test_structural_attacks(seg_bundle, case, attack, match):
+    attack(seg_bundle)
+    _one_line_error(lambda: load(seg_bundle), match)
+
+
 def test_manifest_is_checksummed_and_can_be_pinned(seg_bundle):
     pin = manifest_sha256(seg_bundle)
     assert (seg_bundle / "manifest.sha256").read_text() == f"{pin}  manifest.json\n"

@@ -214,7 +214,7 @@ def verify_bundle(bundle_dir, expect_manifest_sha256: Optional[str] = None) -> d
                              f"{MANIFEST_SHA256}); {_REBUILD}")
     try:
         manifest = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ToolchainError(f"{manifest_path} is corrupt (not JSON); rerun `acsl deploy` to rebuild the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise ToolchainError(f"{manifest_path} is not an {BUNDLE_FORMAT} manifest; rebuild the bundle with this toolchain")
