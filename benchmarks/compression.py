@@ -2,7 +2,7 @@
 
     python benchmarks/compression.py configs/camvid_segnet.yaml --profile quick \
         [--checkpoint runs/camvid_segnet/dense_best.pt] [--budgets params=0.5,params=0.7,params=0.85] \
-        [--methods all] [--data PATH] [--results benchmarks/results] [--dataset camvid]
+        [--methods all] [--data PATH] [--results benchmarks/results] [--dataset camvid] [--seeds 0,1,2]
 
 For one experiment config it runs the dense model (trained here if no --checkpoint), the eight pruning
 methods of `acsl prune` and the references `scratch-plan` (ACSL's channel plan at that budget, randomly
@@ -14,6 +14,11 @@ by its budgets (toolchain.prune.pipeline caches it). Each run's result is append
 `<results>/compression_<dataset>_<model>.json` as soon as it completes, so an interrupted comparison
 resumes where it stopped; then a Markdown table and a Pareto plot (metric vs params removed; vs MACs removed for flops budgets) are written
 next to it. Failures are rows with an `error`, retried on the next invocation.
+
+Each row records its `seed` (train.seed and prune.seed of the run; `--seeds` runs every method at every
+budget once per seed, folders of seeds other than 0 ending in `_s<seed>`) and, for pruning methods, the
+diagnostic of issue 12: the sparsity mode and lambda, the fraction of prunable gammas at exactly zero and
+below 1e-2 of the largest after sparsity, and val after sparsity and right after slimming (before recovery).
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--dataset", help="dataset label of the result file (default: first word of the config name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seeds", help="comma-separated seeds: every method and budget runs once per seed with train.seed "
+                   "and prune.seed set to it (default: the config's prune.seed)")
     p.add_argument("--merge", metavar="OTHER.json",
                    help="add the runs of another results JSON of the same experiment (e.g. the scratch references run "
                         "in a parallel process with --results elsewhere), then redraw; runs already here are kept")
@@ -77,6 +84,22 @@ def pick_methods(text: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- runs
+def with_seed(cfg, seed: int):
+    """cfg with train.seed and prune.seed set to `seed` (data order, initialisation, sampling of one run)."""
+    if cfg.train.seed == seed and cfg.prune.seed == seed:
+        return cfg
+    return config_from_dict(deep_merge(config_to_dict(cfg), {"train": {"seed": seed}, "prune": {"seed": seed}}))
+
+
+def seed_suffix(seed: int) -> str:
+    """Run-folder suffix of a seed: none for seed 0 (the folders of single-seed comparisons), else _s<seed>."""
+    return "" if seed == 0 else f"_s{seed}"
+
+
+def row_seed(run: dict) -> int:
+    return int(run.get("seed", 0))  # rows written before seeds were recorded ran with seed 0
+
+
 def ensure_dense(cfg, checkpoint: str | None):
     from toolchain.train.dense import train_dense
 
@@ -104,13 +127,19 @@ def prune_entry(cfg, checkpoint: Path, method: str, budget: str) -> dict:
     from toolchain.prune.pipeline import run_prune
 
     b = parse_budget(budget)
-    out = cfg.run_dir() / "bench" / f"{method}_{b.tag()}"
+    out = cfg.run_dir() / "bench" / f"{method}_{b.tag()}{seed_suffix(cfg.prune.seed)}"
     record = run_prune(cfg, checkpoint, method=method, budget=budget, out=out)
     sparsity = record["stages"]["sparsity"]
+    diag = record.get("diagnostic") or {}
+    gammas = diag.get("gammas") or {}
     return {"params": record["after"]["params"], "macs": record["after"]["macs"], "metric": record["test"],
             "metric_val": record["val"], "recover": record["recover"], "sparsity_epochs": record["sparsity_epochs"],
             "recover_epochs": record["recover_epochs"], "fraction_removed": record["fraction_removed"],
-            "sparsity_reused": bool(sparsity and sparsity.get("reused")), "run_dir": str(out)}
+            "sparsity_reused": bool(sparsity and sparsity.get("reused")), "run_dir": str(out),
+            "seed": cfg.prune.seed, "sparsity_mode": diag.get("sparsity_mode"), "lam": diag.get("lam"),
+            "gammas_frac_exact_zero": gammas.get("frac_exact_zero"), "gammas_frac_below_1pct": gammas.get("frac_below_rel"),
+            "val_after_sparsity": diag.get("val_after_sparsity"), "val_after_slim": diag.get("val_after_slim"),
+            "slim_loss": (diag.get("slim") or {}).get("loss")}
 
 
 def _train_scratch(cfg, model, run_dir: Path, epochs: int, stage: str, extra: dict | None = None) -> dict:
@@ -124,7 +153,7 @@ def _train_scratch(cfg, model, run_dir: Path, epochs: int, stage: str, extra: di
     summary = model_summary(model, tuple(cfg.data.input_size))
     return {"params": summary["params"], "macs": summary["macs"], "metric": _val(model, cfg, "test"),
             "metric_val": result.best_metric, "recover": "none", "sparsity_epochs": 0, "recover_epochs": 0,
-            "train_epochs": epochs}
+            "train_epochs": epochs, "seed": cfg.train.seed}
 
 
 def scratch_epochs(cfg) -> int:
@@ -137,7 +166,8 @@ def scratch_plan_entry(cfg, budget: str) -> dict:
     from toolchain.prune.plan import apply_channel_plan
     from toolchain.train.trainer import seed_everything
 
-    plan_path = cfg.run_dir() / "bench" / f"acsl_{parse_budget(budget).tag()}" / "plan.json"
+    suffix = seed_suffix(cfg.prune.seed)
+    plan_path = cfg.run_dir() / "bench" / f"acsl_{parse_budget(budget).tag()}{suffix}" / "plan.json"
     if not plan_path.is_file():
         raise ToolchainError(f"scratch-plan needs ACSL's plan at {budget} ({plan_path}); run method acsl first")
     plan = read_json(plan_path)
@@ -146,7 +176,7 @@ def scratch_plan_entry(cfg, budget: str) -> dict:
     for module in model.modules():  # fresh initialisation at the slim shapes
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    run_dir = cfg.run_dir() / "bench" / f"scratch-plan_{parse_budget(budget).tag()}"
+    run_dir = cfg.run_dir() / "bench" / f"scratch-plan_{parse_budget(budget).tag()}{suffix}"
     return _train_scratch(cfg, model, run_dir, scratch_epochs(cfg), "scratch_plan", {"channel_plan": plan})
 
 
@@ -184,7 +214,7 @@ def scratch_uniform_entry(cfg, budget: str, acsl: dict) -> dict:
     width = uniform_width(cfg, acsl[kind], kind)
     cfg_u = config_from_dict(deep_merge(config_to_dict(cfg), {"model": {"width": width}}))
     seed_everything(cfg.train.seed)
-    run_dir = cfg.run_dir() / "bench" / f"scratch-uniform_{parse_budget(budget).tag()}"
+    run_dir = cfg.run_dir() / "bench" / f"scratch-uniform_{parse_budget(budget).tag()}{seed_suffix(cfg.train.seed)}"
     entry = _train_scratch(cfg_u, build_from_config(cfg_u), run_dir, scratch_epochs(cfg), "scratch_uniform")
     entry["width"] = width
     return entry
@@ -215,12 +245,11 @@ def merge_results(result: dict, other: dict, other_path: str) -> None:
             result.get("model"), result.get("profile"), (result.get("dense") or {}).get("checkpoint")):
         raise ToolchainError(f"{other_path} is another experiment (model, profile or dense checkpoint differ); "
                              "only comparisons of the same dense model can be merged")
-    have = {(r["method"], r["budget"]["kind"], r["budget"]["value"]) for r in result["runs"] if not r.get("error")}
-    added = [r for r in other["runs"] if not r.get("error")
-             and (r["method"], r["budget"]["kind"], r["budget"]["value"]) not in have]
+    key = lambda r: (r["method"], r["budget"]["kind"], r["budget"]["value"], row_seed(r))  # noqa: E731
+    have = {key(r) for r in result["runs"] if not r.get("error")}
+    added = [r for r in other["runs"] if not r.get("error") and key(r) not in have]
     result["runs"] = [r for r in result["runs"] if not r.get("error")
-                      or (r["method"], r["budget"]["kind"], r["budget"]["value"]) not in
-                      {(a["method"], a["budget"]["kind"], a["budget"]["value"]) for a in added}] + added
+                      or key(r) not in {key(a) for a in added}] + added
     commands = result.setdefault("merged_commands", [])
     if other.get("command") and other["command"] not in commands:
         commands.append(other["command"])
@@ -233,16 +262,20 @@ def write_table(result: dict, path: Path) -> None:
     lines = [f"# Compression: {result['dataset']} / {result['model']} ({result['profile'] or 'base'} profile)", "",
              f"Metric: test {name} ({'higher' if result['higher_is_better'] else 'lower'} is better). "
              f"Dense: {dense['params']:,} params, {dense['macs']:,} MACs, {name} {_fmt(dense['metric'])}.", "",
-             "| method | budget | params | params removed | MACs | MACs removed | test | val | recover | wall s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for run in sorted(result["runs"], key=lambda r: (r["budget"]["kind"], r["budget"]["value"], r["method"])):
+             "| method | budget | seed | params | params removed | MACs | MACs removed | test | val | gammas zero / < 1% max "
+             "| val after slim (before recovery) | recover | wall s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in sorted(result["runs"], key=lambda r: (r["budget"]["kind"], r["budget"]["value"], r["method"], row_seed(r))):
         b = f"{run['budget']['kind']}={run['budget']['value']:g}"
         if run.get("error"):
-            lines.append(f"| {run['method']} | {b} | failed: {run['error'][:80]} | | | | | | | |")
+            lines.append(f"| {run['method']} | {b} | {row_seed(run)} | failed: {run['error'][:80]} | | | | | | | | | |")
             continue
-        lines.append(f"| {run['method']} | {b} | {run['params']:,} | {1 - run['params'] / dense['params']:.1%} | "
+        zeros = run.get("gammas_frac_exact_zero")
+        gam = "" if zeros is None else f"{zeros:.1%} / {run.get('gammas_frac_below_1pct') or 0:.1%}"
+        lines.append(f"| {run['method']} | {b} | {row_seed(run)} | {run['params']:,} | {1 - run['params'] / dense['params']:.1%} | "
                      f"{run['macs']:,} | {1 - run['macs'] / dense['macs']:.1%} | {_fmt(run['metric'])} | "
-                     f"{_fmt(run['metric_val'])} | {run['recover']} | {run['wall_s']:.0f} |")
+                     f"{_fmt(run['metric_val'])} | {gam} | {_fmt(run.get('val_after_slim')) if 'val_after_slim' in run else ''} | "
+                     f"{run['recover']} | {run['wall_s']:.0f} |")
     timing = result.get("sparsity_timing") or {}
     if "acsl_over_slimming" in timing:
         lines += ["", f"Sparsity-learning epoch wall time in these runs, ACSL / Network Slimming: "
@@ -300,6 +333,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_cfg(args)
         methods = pick_methods(args.methods)
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()] if args.seeds else [cfg.prune.seed]
         budgets = [parse_budget(b).as_dict() for b in (args.budgets or DEFAULT_BUDGETS[cfg.task]).split(",")]
         if len(budgets) < 1:
             raise ToolchainError("give at least one budget")
@@ -330,33 +364,36 @@ def main(argv=None) -> int:
                        "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/compression.py"]
                                            + list(sys.argv[1:] if argv is None else argv))})
         write_json(json_path, result)
-        for method in methods:
-            for budget in budgets:
-                text = f"{budget['kind']}={budget['value']:g}"
-                done = [r for r in result["runs"] if r["method"] == method and r["budget"] == budget]
-                if done and not done[0].get("error"):
-                    continue
-                result["runs"] = [r for r in result["runs"] if not (r["method"] == method and r["budget"] == budget)]
-                print(f"[compression] {method} {text}", flush=True)
-                t0 = time.time()
-                try:
-                    if method == "scratch-plan":
-                        entry = scratch_plan_entry(cfg, text)
-                    elif method == "scratch-uniform":
-                        acsl = [r for r in result["runs"] if r["method"] == "acsl" and r["budget"] == budget
-                                and not r.get("error")]
-                        if not acsl:
-                            raise ToolchainError(f"scratch-uniform needs ACSL's result at {text}; run method acsl first")
-                        entry = scratch_uniform_entry(cfg, text, acsl[0])
-                    else:
-                        entry = prune_entry(cfg, checkpoint, method, text)
-                except ToolchainError as err:
-                    entry = {"error": str(err)}
-                    print(f"[compression] {method} {text} failed: {err}", file=sys.stderr)
-                entry.update({"method": method, "budget": budget, "wall_s": round(time.time() - t0, 2)})
-                result["runs"].append(entry)
-                result["sparsity_timing"] = sparsity_timing(cfg, result["runs"])
-                write_json(json_path, result)
+        for seed in seeds:
+            cfg_s = with_seed(cfg, seed)  # train.seed and prune.seed of this run
+            for method in methods:
+                for budget in budgets:
+                    text = f"{budget['kind']}={budget['value']:g}"
+                    same = lambda r: r["method"] == method and r["budget"] == budget and row_seed(r) == seed  # noqa: E731
+                    done = [r for r in result["runs"] if same(r)]
+                    if done and not done[0].get("error"):
+                        continue
+                    result["runs"] = [r for r in result["runs"] if not same(r)]
+                    print(f"[compression] {method} {text}" + (f" seed {seed}" if len(seeds) > 1 else ""), flush=True)
+                    t0 = time.time()
+                    try:
+                        if method == "scratch-plan":
+                            entry = scratch_plan_entry(cfg_s, text)
+                        elif method == "scratch-uniform":
+                            acsl = [r for r in result["runs"] if r["method"] == "acsl" and r["budget"] == budget
+                                    and row_seed(r) == seed and not r.get("error")]
+                            if not acsl:
+                                raise ToolchainError(f"scratch-uniform needs ACSL's result at {text}; run method acsl first")
+                            entry = scratch_uniform_entry(cfg_s, text, acsl[0])
+                        else:
+                            entry = prune_entry(cfg_s, checkpoint, method, text)
+                    except ToolchainError as err:
+                        entry = {"error": str(err)}
+                        print(f"[compression] {method} {text} failed: {err}", file=sys.stderr)
+                    entry.update({"method": method, "budget": budget, "seed": seed, "wall_s": round(time.time() - t0, 2)})
+                    result["runs"].append(entry)
+                    result["sparsity_timing"] = sparsity_timing(cfg, result["runs"])
+                    write_json(json_path, result)
         write_table(result, results_dir / f"{stem}.md")
         write_plot(result, results_dir / f"{stem}.png")
         print(f"[compression] results: {json_path} (+ .md, .png)")

@@ -201,3 +201,29 @@ def test_zeroing_every_gamma_is_a_one_line_error():
     reg = SlimmingRegulariser(build_pruning_graph(model, (16, 16)), 1e30)
     with pytest.raises(SparsityDiverged, match=r"zeroed every prunable gamma.*lower prune\.sparsity\.lam \(now 1e\+30\)"):
         reg.after_step(model, 3, 0.01)
+
+
+def test_compression_rows_carry_seed_and_diagnostic(tmp_path):
+    """benchmarks/compression.py: seeds key the rows (old rows count as seed 0), folders of seed 0 keep their
+    names, and the table shows the gamma and slimming diagnostic."""
+    from conftest import load_benchmark
+
+    bench = load_benchmark("compression")
+    cfg = validate_config({"name": "x", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
+                           "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3}})
+    seeded = bench.with_seed(cfg, 2)
+    assert (seeded.train.seed, seeded.prune.seed) == (2, 2) and bench.with_seed(cfg, 0) is cfg
+    assert bench.seed_suffix(0) == "" and bench.seed_suffix(2) == "_s2"
+    dense = {"checkpoint": "d.pt", "params": 100, "macs": 1000, "metric": 50.0}
+    row = {"method": "acsl", "budget": {"kind": "params", "value": 0.5}, "params": 50, "macs": 500, "metric": 45.0,
+           "metric_val": 46.0, "recover": "finetune", "wall_s": 3.0, "gammas_frac_exact_zero": 0.25,
+           "gammas_frac_below_1pct": 0.375, "val_after_slim": 44.5}
+    mine = {"model": "segnet", "profile": None, "dense": dense, "runs": [row]}  # a row from before seeds: seed 0
+    other = {"model": "segnet", "profile": None, "dense": dense, "runs": [dict(row, seed=0, metric=1.0),
+                                                                          dict(row, seed=1, metric=44.0)]}
+    bench.merge_results(mine, other, "o.json")
+    assert sorted((bench.row_seed(r), r["metric"]) for r in mine["runs"]) == [(0, 45.0), (1, 44.0)]
+    result = dict(mine, dataset="x", metric="miou", higher_is_better=True, command="c", machine="m", git_commit="g")
+    bench.write_table(result, tmp_path / "t.md")
+    table = (tmp_path / "t.md").read_text()
+    assert "| acsl | params=0.5 | 1 | 50 |" in table and "25.0% / 37.5% | 44.500 |" in table
