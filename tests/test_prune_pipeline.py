@@ -49,7 +49,12 @@ def test_acsl_prune_writes_records_and_reuses_sparsity(dense):
     slim_record = json.loads((run / "records" / "slim.json").read_text())
     assert slim_record["after"]["params"] < slim_record["before"]["params"]
     assert slim_record["removed_per_layer"] and slim_record["equivalence_rel_error"] < 1e-4
-    model, saved = load_model(run / "pruned.pt", cfg)  # rebuilt from zoo name + plan, no pickled modules
+    assert first["checkpoint"] == str(run / "slim.pt")  # the file to export is the recovered one, obvious name
+    before = load_model(run / "slim_before_recovery.pt", cfg)[1]
+    model, saved = load_model(run / "slim.pt", cfg)  # rebuilt from zoo name + plan, no pickled modules
+    assert saved["stage"] == "pruned" and before["stage"] == "slim"
+    changed = any(not torch.equal(v, before["model_state"][k]) for k, v in saved["model_state"].items())
+    assert changed == (first["recover"] != "none")  # slim.pt holds the recovered weights
     assert sum(p.numel() for p in model.parameters()) == first["after"]["params"]
     assert "kd_feature_adapter.weight" not in saved["model_state"]
     second = run_prune(cfg, ckpt, method="acsl", budget="flops=0.6", recover_method="none", evaluate_test=False)

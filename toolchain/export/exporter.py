@@ -20,10 +20,11 @@ import torch
 
 from toolchain.errors import ToolchainError
 from toolchain.export.lint import LintReport, lint_onnx
-from toolchain.export.metadata import build_metadata, channel_plan_hash, set_metadata
+from toolchain.export.metadata import build_metadata, channel_plan_hash, model_geometry, set_metadata
 from toolchain.export.onnx_io import INPUT_NAME, OUTPUT_NAME, io_signature
 from toolchain.export.parity import ParityReport, check_parity, require_parity
 from toolchain.export.simplify import simplify_model
+from toolchain.models.registry import display_name
 from toolchain.utils.io import atomic_path, sha256_file, write_json
 from toolchain.utils.provenance import git_commit, versions
 
@@ -138,10 +139,9 @@ def export_model(model: torch.nn.Module, cfg, out: str | Path, *, opset: Optiona
     simplified = simplify_model(proto, simplify)
     proto = check_and_infer(simplified.model)
     set_metadata(proto, build_metadata(cfg, channel_plan=channel_plan,
-                                       output_stride=getattr(model, "output_stride", None),
-                                       input_multiple=getattr(model, "input_multiple", 1)))
+                                       **model_geometry(model, cfg.data.input_size)))  # probed when undeclared
     name_unnamed_nodes(proto)
-    proto.producer_name, proto.doc_string = "acsl-toolchain", f"{cfg.name}: {cfg.model.name} ({cfg.task})"
+    proto.producer_name, proto.doc_string = "acsl-toolchain", f"{cfg.name}: {display_name(cfg.model.name)} ({cfg.task})"
 
     inputs = {"random": random_inputs(cfg.data.input_size, dynamic)}
     real, real_note = real_inputs(cfg, real_images) if real_images else (None, "real inputs skipped by request")

@@ -1,4 +1,9 @@
-"""Metadata stored in the ONNX `metadata_props`: what a deployment needs to feed the model right."""
+"""Metadata stored in the ONNX `metadata_props`: what a deployment needs to feed the model right.
+
+`input_multiple` and `output_stride` come from the model (its attributes, or probed with forward
+passes when it declares none: `model_geometry`), never a default that could be wrong. A user model
+is recorded by its file name (`file.py:factory`): no folder of the machine that exported it.
+"""
 from __future__ import annotations
 
 import json
@@ -14,11 +19,20 @@ def channel_plan_hash(plan: Optional[Any]) -> str:
     return sha256_json(plan) if plan else "dense"
 
 
+def model_geometry(model, input_size) -> dict:
+    """{"input_multiple", "output_stride"} of a model: declared attributes, probed where absent."""
+    from toolchain.models.contract import model_geometry as geometry
+
+    return geometry(model, tuple(input_size))
+
+
 def build_metadata(cfg, *, model_name: Optional[str] = None, channel_plan: Optional[Any] = None,
                    output_stride: Optional[int] = None, input_multiple: int = 1) -> dict[str, str]:
     """String key/values (JSON for structured ones) written into the ONNX model."""
+    from toolchain.models.registry import display_name
+
     return {
-        "model_name": model_name or cfg.model.name,
+        "model_name": display_name(model_name or cfg.model.name),
         "model_width": str(cfg.model.width),
         "task": cfg.task,
         "num_classes": str(cfg.data.num_classes),

@@ -120,12 +120,17 @@ def example_inputs(model: nn.Module, input_size: tuple[int, int], batch: int = 2
     return torch.randn(batch, 3, int(input_size[0]), int(input_size[1]), generator=generator).to(device)
 
 
-def output_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's head layers (instances, never types), validated to belong to the model."""
+def output_layers(model: nn.Module, input_size: tuple[int, int] | None = None) -> list[nn.Module]:
+    """The model's head layers (instances, never types), validated to belong to the model.
+
+    A model without `output_layers()` keeps the layers that produce its outputs, found from the traced
+    graph at `input_size` (toolchain.models.contract.traced_output_layers, which says which on stderr).
+    """
     getter = getattr(model, "output_layers", None)
     if getter is None:
-        raise ToolchainError(f"{type(model).__name__} has no output_layers() method; a prunable model must list "
-                             "the head layers whose output channels are never pruned (see ARCHITECTURE.md Models)")
+        from toolchain.models.contract import traced_output_layers
+
+        return [model.get_submodule(name) for name in traced_output_layers(model, input_size)]
     layers = list(getter())
     own = {id(m) for m in model.modules()}
     for layer in layers:
@@ -181,7 +186,7 @@ def build_pruning_graph(model: nn.Module, input_size: tuple[int, int]) -> Prunin
     """
     import torch_pruning as tp
 
-    heads = output_layers(model)
+    heads = output_layers(model, input_size)
     _check_known_layers(model, heads)
     dg = _trace(model, example_inputs(model, input_size))
     names = {module: name for name, module in model.named_modules()}

@@ -3,7 +3,8 @@
 Each stage writes its artifact and a JSON record under the run folder (atomically):
 
     <run>/records/sparsity.json  select.json  slim.json  recover.json   and  <run>/prune_record.json
-    <run>/plan.json  slim.pt (after surgery)  pruned.pt (after recovery; zoo name + channel_plan + state dict)
+    <run>/plan.json  slim.pt (the recovered slim model: the one to export; zoo name + channel_plan + state dict)
+    <run>/slim_before_recovery.pt (right after surgery, before recovery: for analysis, not for export)
 
 A record holds what was removed per layer, params/MACs before and after (toolchain.models.complexity),
 the val metric after the stage and the time taken. The sparsity-learning checkpoint is cached under
@@ -115,6 +116,7 @@ def removed_per_layer(plan: dict) -> dict:
 
 def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tuple[nn.Module, dict, dict, dict]:
     """Selection + surgery on `model` (in place). Returns (slim model, plan, select record, slim record)."""
+    from toolchain.models.contract import output_layer_names
     from toolchain.prune.groups import build_pruning_graph
     from toolchain.prune.importance import channel_saliency
     from toolchain.prune.select import CostModel, select_channels
@@ -130,6 +132,7 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     select_record = {
         "stage": "select", "method": method.name, "saliency": method.saliency, "budget": budget.as_dict(),
         "group_reduction": p.group_reduction if method.saliency == "bn-scale" else None,
+        "output_layers": dict(zip(("names", "traced"), output_layer_names(model, tuple(cfg.data.input_size)))),
         "groups": [{"root": g.root, "channels": g.size, "kept": k, "bns": [s.name for s in g.bns]}
                    for g, k in zip(graph.groups, selection.kept)],
         "estimated_fraction_removed": selection.fraction_removed, "min_channels": p.min_channels,
@@ -189,7 +192,7 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
     select_record["fraction_removed"] = removed[b.kind]
     write_json(records / "select.json", select_record)
     write_json(run_dir / "plan.json", plan)
-    save_checkpoint(run_dir / "slim.pt", slim, cfg, stage="slim", channel_plan=plan)
+    save_checkpoint(run_dir / "slim_before_recovery.pt", slim, cfg, stage="slim", channel_plan=plan)
     slim_record.update({"before": before, "after": after, "fraction_removed": removed, "val": _val(slim, cfg)})
     write_json(records / "slim.json", slim_record)
     strengths = (sparsity_record or {}).get("strengths") or {}
@@ -208,7 +211,7 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
     recover_record.update({"stage": "recover", "val": _val(recovered, cfg), "wall_s": round(time.time() - t_rec, 2)})
     diagnostic["val_after_recovery"] = recover_record["val"]
     write_json(records / "recover.json", recover_record)
-    save_checkpoint(run_dir / "pruned.pt", recovered, cfg, stage="pruned", channel_plan=plan,
+    save_checkpoint(run_dir / "slim.pt", recovered, cfg, stage="pruned", channel_plan=plan,
                     metric={metric_name: recover_record["val"]})
     test = None
     if evaluate_test:
@@ -224,7 +227,7 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
                    "recover": recover_record},
         "sparsity_epochs": sparsity_record["epochs"] if sparsity_record else 0,
         "recover_epochs": recover_record.get("epochs", 0), "diagnostic": diagnostic,
-        "checkpoint": str(run_dir / "pruned.pt"),
+        "checkpoint": str(run_dir / "slim.pt"),
         "dense_checkpoint": str(checkpoint), "wall_s": round(time.time() - t_start, 2),
     }
     write_json(run_dir / "prune_record.json", final)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from toolchain.errors import ToolchainError
+from toolchain.prune.groups import output_layers
 
 ADAPTER_NAME = "kd_feature_adapter"
 RECOVER_METHODS = ("finetune", "distill", "auto", "none")
@@ -51,7 +52,7 @@ class _FeatureTap:
 
     def __init__(self, model: nn.Module):
         self.value: Optional[torch.Tensor] = None
-        self.handle = model.output_layers()[0].register_forward_pre_hook(self._hook)
+        self.handle = output_layers(model)[0].register_forward_pre_hook(self._hook)
 
     def _hook(self, module, inputs):
         self.value = inputs[0]
@@ -70,8 +71,8 @@ def make_distill_loss(cfg, student: nn.Module, teacher: nn.Module) -> tuple[Call
     taps = None
     if feature_weight > 0:
         taps = (_FeatureTap(student), _FeatureTap(teacher))
-        c_s = student.output_layers()[0].weight.shape[1]
-        c_t = teacher.output_layers()[0].weight.shape[1]
+        c_s = output_layers(student)[0].weight.shape[1]
+        c_t = output_layers(teacher)[0].weight.shape[1]
         param = next(student.parameters())
         student.add_module(ADAPTER_NAME, nn.Conv2d(c_s, c_t, 1, bias=False).to(param.device))
 

@@ -26,8 +26,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: ExperimentConfig, **extra: Any) -> Path:
+    from toolchain.models.contract import architecture_id
+
     model = unwrap(model)
     state = {
+        "architecture": architecture_id(model),  # the checkpoint's identity (class + state-dict shapes), not the name
         "format": FORMAT,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": config_to_dict(cfg),
@@ -82,22 +85,31 @@ def load_model(path: str | Path, cfg: ExperimentConfig | None = None) -> tuple[n
     names the differing keys.
     """
     from toolchain.models import build_from_config
+    from toolchain.models.contract import architecture_id
 
     ckpt = load_checkpoint(path)
+    claimed = None  # the checkpoint names another model: fine when the architecture is the same (a moved file)
     if cfg is None:
         cfg = config_from_dict(ckpt["config"])
     else:
         name, width = ckpt.get("model_name"), ckpt.get("width")
         if name is not None and (name != cfg.model.name or abs(float(width) - cfg.model.width) > 1e-9):
-            raise ToolchainError(f"{path} holds model '{name}' at width {width} but the config asks for "
-                                 f"'{cfg.model.name}' at width {cfg.model.width}; use a matching checkpoint or config")
+            claimed = (f"{path} holds model '{name}' at width {width} but the config asks for "
+                       f"'{cfg.model.name}' at width {cfg.model.width}; use a matching checkpoint or config")
     model = build_from_config(cfg)
     plan = ckpt.get("channel_plan")
     if plan:
         from toolchain.prune.plan import apply_channel_plan
 
-        apply_channel_plan(model, plan)
+        try:
+            apply_channel_plan(model, plan)
+        except ToolchainError:
+            if claimed:
+                raise ToolchainError(claimed) from None
+            raise
     problem = _describe_mismatch(model, ckpt["model_state"])
+    if claimed and (problem or ckpt.get("architecture", architecture_id(model)) != architecture_id(model)):
+        raise ToolchainError(claimed)
     if problem:
         raise ToolchainError(f"{path} does not fit model '{cfg.model.name}' (width {cfg.model.width}): {problem}")
     model.load_state_dict(ckpt["model_state"])
