@@ -75,3 +75,46 @@ def test_shipped_configs_validate(path):
     load_config(path)
     for profile in (raw.get("profiles") or {}):
         load_config(path, profile=profile)
+
+
+# -- absurd or unreadable values: one line at load time, before anything is allocated (issue 9) ------
+ABSURD = [  # --set override -> key and words the one line must name
+    ("model.width=1e9", r"'model\.width' .*less than or equal to 16"),
+    ("model.width=0", r"'model\.width' .*greater than 0"),
+    ("train.lr=.inf", r"'train\.lr' .*finite number"),
+    ("train.lr=.nan", r"'train\.lr' .*finite number"),
+    ("train.lr=-.inf", r"'train\.lr' .*finite number"),
+    ("prune.sparsity.lr=.inf", r"'prune\.sparsity\.lr' .*finite number"),
+    ("prune.recover.lr=.nan", r"'prune\.recover\.lr' .*finite number"),
+    ("data.input_size=[0, 64]", r"'data\.input_size\.0' .*greater than or equal to 1"),
+    ("data.input_size=[64, 1000000]", r"'data\.input_size\.1' .*less than or equal to 8192"),
+]
+
+
+@pytest.mark.parametrize("override,message", ABSURD, ids=[a[0] for a in ABSURD])
+def test_absurd_values_are_one_line_errors(tmp_path, override, message):
+    with pytest.raises(ToolchainError, match=message) as err:
+        load_config(write(tmp_path, BASE), overrides=parse_dotted_overrides([override]))
+    assert "\n" not in str(err.value)
+
+
+def test_absurd_width_fails_in_the_cli_before_allocating(tmp_path, capsys):
+    from toolchain.cli import main
+
+    raw = dict(BASE, out_dir=str(tmp_path / "runs"))
+    assert main(["train", str(write(tmp_path, raw)), "--set", "model.width=1e9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.width" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing built, nothing written
+
+
+def test_non_utf8_config_is_one_line(tmp_path, capsys):
+    from toolchain.cli import main
+
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes(yaml.safe_dump(BASE).replace("name: t", "name: caf\xe9").encode("latin-1"))
+    with pytest.raises(ToolchainError, match=r"latin1\.yaml: not UTF-8 text \(byte 0xe9 at offset \d+\)"):
+        load_config(p)
+    assert main(["train", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "UnicodeDecodeError" not in err

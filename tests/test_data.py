@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -332,3 +333,103 @@ def test_data_check_cli_reports_statistics_and_errors(tmp_path, capsys):
     assert stats["splits"]["val"]["ignored_pixel_fraction"] == pytest.approx(1 / (24 * 32), abs=1e-4)
     assert main(["data", "check", str(config), "--data", str(tmp_path / "missing")]) == 2
     assert "data folder not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# what training would choke on: malformed head points, labels of another size (issue 9)
+def _tiny_shb(tmp_path: Path, entries: dict) -> Path:
+    root = tmp_path / "shb"
+    for split in ("train", "test"):
+        (root / split / "images").mkdir(parents=True)
+        for i in range(1, 4):
+            Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(root / split / "images" / f"IMG_{i}.jpg")
+        points = {"IMG_1": [[3, 4], [40.5, 30]], "IMG_2": [], "IMG_3": [[10, 10]]}
+        if split == "train":
+            points.update(entries)
+        (root / split / "points.json").write_text(json.dumps(points))
+    return root
+
+
+BAD_POINTS = [  # entry -> what the one line must say
+    ([[10, 20, 30, 40]], r"'IMG_2' point 0 is \[10, 20, 30, 40\] \(4 values\)"),  # not two heads
+    (5, r"'IMG_2' is 5, not a list of \[x, y\] points"),
+    ([[1, 2, 3]], r"'IMG_2' point 0 is \[1, 2, 3\] \(3 values\)"),
+    ([["a", "b"]], r"'IMG_2' point 0 is \[\"a\", \"b\"\]; x and y must be numbers"),
+    ([[1.0, float("nan")]], r"'IMG_2' point 0 .*NaN"),
+    ([[1, 2], [3]], r"'IMG_2' point 1 is \[3\] \(1 values\)"),
+    ([10, 20], r"'IMG_2' point 0 is 10 \(not a list\)"),
+    ("IMG_2", r"'IMG_2' is \"IMG_2\", not a list"),
+]
+
+
+@pytest.mark.parametrize("entry,message", BAD_POINTS, ids=[str(e[0])[:20] for e in BAD_POINTS])
+def test_malformed_points_rows_are_one_line_errors_in_loader_and_check(tmp_path, entry, message):
+    root = _tiny_shb(tmp_path, {"IMG_2": entry})
+    cfg = make_cfg("shanghaitech", root, input_size=[32, 48])
+    for split in ("train", "val"):
+        with pytest.raises(ToolchainError, match=message) as err:
+            build_dataset(cfg, split, False)
+        assert "\n" not in str(err.value) and "points.json" in str(err.value)
+    from toolchain.data.check import DataProblems
+
+    with pytest.raises(DataProblems) as err:
+        check_dataset(cfg, full=True)
+    assert len(err.value.problems) == 1 and re.search(message, err.value.problems[0])
+    build_dataset(cfg, "test", False)  # the other split's annotations are fine
+
+
+def test_well_formed_points_still_load(tmp_path):
+    root = _tiny_shb(tmp_path, {"IMG_2": [[0, 0], [47.9, 31.9]]})
+    cfg = make_cfg("shanghaitech", root, input_size=[32, 48], val_fraction=0)
+    ds = build_dataset(cfg, "train", False)
+    counts = {ds.sample_name(i): ds.count(i) for i in range(len(ds))}
+    assert counts == {"IMG_1": 2, "IMG_2": 2, "IMG_3": 1}
+    assert check_dataset(cfg)["splits"]["train"]["heads"]["total"] == 5
+
+
+def test_data_check_lists_every_problem_one_line_each(tmp_path, capsys):
+    """Three malformed entries and a point outside its image: four lines, exit 2, no traceback."""
+    from toolchain.cli import main
+
+    root = _tiny_shb(tmp_path, {"IMG_1": [[10, 20, 30, 40]], "IMG_2": 5, "IMG_3": [["a", "b"]]})
+    pts = json.loads((root / "test" / "points.json").read_text())
+    pts["IMG_3"] = [[200, 10]]  # outside the 48x32 image
+    (root / "test" / "points.json").write_text(json.dumps(pts))
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"name": "t", "task": "counting", "model": {"name": "csrnet"},
+                                      "data": {"kind": "shanghaitech", "root": str(root), "input_size": [32, 48]}}))
+    assert main(["data", "check", str(config)]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if ": error: " in line]
+    assert len(errors) == 4, captured.err
+    assert any("'IMG_1' point 0 is [10, 20, 30, 40]" in e for e in errors)
+    assert any("'IMG_2' is 5" in e for e in errors) and any("'IMG_3' point 0" in e for e in errors)
+    assert any("IMG_3.jpg: 1 head points lie outside the 48x32 image" in e for e in errors)
+    assert "Traceback" not in captured.err and "ok: no problems found" not in captured.out
+
+
+def test_label_of_another_size_fails_check_and_loader(tmp_path, capsys):
+    """A 12x16 label for a 24x32 image: `data check` (header mode too) names both files; the loader too."""
+    from toolchain.cli import main
+
+    root = _tiny_camvid(tmp_path, n=2)
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(root / "train" / "labels" / "train_1.png")
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(root / "test" / "labels" / "test_0.png")
+    cfg = make_cfg("camvid", root, ignore_index=11)
+    from toolchain.data.check import DataProblems
+
+    with pytest.raises(DataProblems) as err:
+        check_dataset(cfg)
+    assert len(err.value.problems) == 2
+    assert re.search(r"label .*train_1\.png is 12x16 but its image .*train_1\.jpg is 24x32", err.value.problems[0])
+    ds = build_dataset(cfg, "train", False)
+    index = [ds.sample_name(i) for i in range(len(ds))].index("train_1")
+    with pytest.raises(ToolchainError, match=r"train_1\.png is 12x16 but its image is 24x32"):
+        ds[index]
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"name": "t", "task": "segmentation", "model": {"name": "segnet"},
+                                      "data": {"kind": "camvid", "root": str(root), "input_size": [24, 32],
+                                               "num_classes": 11, "ignore_index": 11}}))
+    assert main(["data", "check", str(config)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(errors) == 2 and all("12x16" in e for e in errors)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,13 +19,21 @@ from toolchain.errors import ToolchainError
 Task = Literal["segmentation", "counting", "classification"]
 
 
+# Limits that catch absurd values before anything is allocated (a width of 1e9 would otherwise reach
+# the allocator; an input side of 1e6 pixels the first batch).
+MAX_WIDTH = 16.0
+MAX_INPUT_SIDE = 8192
+Side = Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `--set train.lr=.inf` or `.nan` is a one-line error when the config loads
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
     name: str = Field(description="zoo name (see `acsl models`) or path/to/file.py:factory")
-    width: float = Field(1.0, gt=0, description="channel width multiplier")
+    width: float = Field(1.0, gt=0, le=MAX_WIDTH, description=f"channel width multiplier (at most {MAX_WIDTH:g})")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra factory arguments")
 
 
@@ -38,7 +46,7 @@ class AugmentConfig(_Strict):
 class DataConfig(_Strict):
     kind: Literal["camvid", "shanghaitech", "image_folder", "synthetic"]
     root: Optional[str] = Field(None, description="dataset folder; relative paths resolve from the config's folder")
-    input_size: tuple[int, int] = Field(description="(height, width) the network sees")
+    input_size: tuple[Side, Side] = Field(description=f"(height, width) the network sees, each 1..{MAX_INPUT_SIDE}")
     num_classes: int = Field(1, ge=1)
     class_names: list[str] = Field(default_factory=list)
     ignore_index: int = 255
@@ -238,6 +246,9 @@ def load_config(path: str | Path, profile: str | None = None, overrides: dict | 
         raise ToolchainError(f"config file not found: {path} (configs live in configs/*.yaml)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ToolchainError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                             "save the config as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""

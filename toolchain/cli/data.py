@@ -1,6 +1,10 @@
 """`acsl data check CONFIG [--data PATH] [--profile P] [--full] [--json OUT]`: validate a dataset
-folder (every image opens, every label exists and is in range) and print its statistics."""
+folder (every image opens, every label exists, is in range and has its image's size, every points.json
+entry is a list of [x, y] pairs inside its image) and print its statistics. Problems are printed one
+line each (all of them, not just the first) and the exit status is 2."""
 from __future__ import annotations
+
+import sys
 
 from toolchain.cli.common import add_config_args, config_from_args
 
@@ -17,11 +21,17 @@ def register(sub) -> None:
 
 
 def run_check(args) -> int:
-    from toolchain.data.check import check_dataset, format_report
+    from toolchain.data.check import DataProblems, check_dataset, format_report
     from toolchain.utils.io import write_json
 
     cfg = config_from_args(args)
-    report = check_dataset(cfg, full=args.full)
+    try:
+        report = check_dataset(cfg, full=args.full)
+    except DataProblems as err:
+        for line in err.problems:
+            print(f"acsl data check: error: {line}", file=sys.stderr)
+        print(f"acsl data check: {len(err.problems)} problem(s) found; fix them and rerun", file=sys.stderr)
+        return 2
     print(format_report(report))
     if args.json_out:
         write_json(args.json_out, report)

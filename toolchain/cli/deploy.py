@@ -1,13 +1,19 @@
-"""`acsl deploy CONFIG --target T [--data PATH] [--checkpoint C] [--profile P] [--out DIR]`.
+"""`acsl deploy CONFIG --target T [--data PATH] [--checkpoint C] [--profile P] [--out DIR] [--no-wait]`.
 
 Runs the cached, resumable pipeline (toolchain/deploy/pipeline.py) and prints where the report is.
 `--data` pointing at a real dataset folder while the config uses the built-in synthetic demo data
 switches to that dataset, taking its data settings from the reference config of the same kind
 (e.g. configs/camvid_segnet.yaml); a folder of another task is a one-line error.
+
+One deploy at a time per run folder: a second `acsl deploy` (or `make deploy`) of the same config
+waits for the first, naming its pid (`--no-wait`: fail at once instead). Temporary files and
+`.partial-<pid>` bundle folders left by a killed run are removed first. An interrupted deploy is
+continued by rerunning the same command (finished stages are reused; `--resume` says so explicitly).
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from toolchain.cli.common import add_config_args, config_from_args
 from toolchain.errors import ToolchainError
@@ -22,19 +28,32 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="bundle folder (default: <deploy.out_dir>/<target>)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per variant (default 50)")
     p.add_argument("--warmup-s", type=float, default=0.5, help="warm-up seconds per variant (default 0.5)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (what every rerun does: finished stages are reused)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once when another deploy is using the run folder (default: wait for it)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from toolchain.deploy.cache import RunLock
     from toolchain.deploy.pipeline import run_deploy
+    from toolchain.targets import load_target
+    from toolchain.utils.io import remove_stale_partials
 
     cfg = config_from_args(args)
     if args.runs < 1 or args.warmup_s < 0:
         raise ToolchainError("--runs must be >= 1 and --warmup-s >= 0")
+    target = load_target(args.target)
+    bundle_dir = Path(args.out) if args.out else Path(cfg.deploy.out_dir) / target.name
     from toolchain.data import describe_source
 
     print(f"data: {describe_source(cfg)}")
-    result = run_deploy(cfg, args.target, checkpoint=args.checkpoint, out_dir=args.out, runs=args.runs,
-                        warmup_s=args.warmup_s)
+    with RunLock(cfg.run_dir(), wait=not args.no_wait):
+        stale = remove_stale_partials(cfg.run_dir()) + remove_stale_partials(bundle_dir.parent, recursive=False)
+        for path in stale:
+            print(f"removed {path}, left behind by a run that no longer exists")
+        result = run_deploy(cfg, args.target, checkpoint=args.checkpoint, out_dir=args.out, runs=args.runs,
+                            warmup_s=args.warmup_s)
     print(f"\nbundle:  {result.bundle}\nreport:  {result.report_html}\n         {result.report_json}")
     return 0

@@ -29,6 +29,20 @@ OUTSIDE_TOLERANCE = 1.0  # pixels a point may lie outside the image (annotation 
 
 
 def read_points(path: Path) -> dict[str, np.ndarray]:
+    """`{name: N x 2 float64}` from a points.json; the first malformed entry is a one-line error."""
+    points, problems = parse_points(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more; `acsl data check` lists them all)" if len(problems) > 1 else ""
+        raise ToolchainError(problems[0] + more)
+    return points
+
+
+def parse_points(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The well-formed entries of a points.json and one line per malformed entry.
+
+    Each entry must be a list of [x, y] pairs of finite numbers (an empty list for no heads): a row
+    of 4 numbers is not two heads, a bare number is not a list, strings are not coordinates.
+    """
     if not path.is_file():
         raise ToolchainError(f"head annotations not found: {path}; expected {{'IMG_n': [[x, y], ...]}} "
                              f"next to the images folder")
@@ -38,13 +52,39 @@ def read_points(path: Path) -> dict[str, np.ndarray]:
         raise ToolchainError(f"{path} is not valid JSON ({err}); restore the annotation file") from None
     if not isinstance(raw, dict):
         raise ToolchainError(f"{path} must map image names to point lists, e.g. {{'IMG_1': [[x, y], ...]}}")
-    points = {}
+    points, problems = {}, []
     for name, pts in raw.items():
-        arr = np.asarray(pts, dtype=np.float64).reshape(-1, 2) if len(pts) else np.zeros((0, 2))
-        if not np.isfinite(arr).all():
-            raise ToolchainError(f"{path}: points of '{name}' contain NaN/inf; fix the annotation")
-        points[name] = arr
-    return points
+        problem = _entry_problem(pts)
+        if problem:
+            problems.append(f"{path}: '{name}' {problem}; write \"{name}\": [[x, y], ...] in pixels "
+                            "([] for no heads)")
+            continue
+        points[name] = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+    return points, problems
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _entry_problem(pts) -> str | None:
+    """Why an entry is not a list of [x, y] pairs of finite numbers (None when it is)."""
+    if not isinstance(pts, list):
+        return f"is {_short(pts)}, not a list of [x, y] points"
+    for i, row in enumerate(pts):
+        if not isinstance(row, list) or len(row) != 2:
+            size = f"{len(row)} values" if isinstance(row, list) else "not a list"
+            return f"point {i} is {_short(row)} ({size}); each point must be one [x, y] pair"
+        if not all(_is_number(v) for v in row):
+            return f"point {i} is {_short(row)}; x and y must be numbers"
+        if not all(np.isfinite(float(v)) for v in row):
+            return f"point {i} is {_short(row)}: contains NaN/inf"
+    return None
+
+
+def _short(value, limit: int = 40) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def split_names(root: Path, split: str, val_fraction: float, seed: int) -> list[str]:

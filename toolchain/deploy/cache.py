@@ -11,18 +11,29 @@ A stage is reused only when `done.json` exists, its key equals the new key and e
 artifact still has its recorded sha256. Otherwise it reruns: with the same key (a killed run) the
 folder is kept so the stage may resume from its own complete checkpoints; with a different key the
 folder is cleared first. Later stages see the new artifacts' hashes in their keys, so they rerun too.
+
+`RunLock` makes one run folder belong to one `acsl deploy` at a time: a second one waits (saying
+which pid holds the folder) or, with `wait=False`, fails in one line. The lock is an flock on
+`<run folder>/.lock`, so the kernel releases it when its holder dies, `kill -9` included.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from toolchain import __version__
-from toolchain.utils.io import read_json, sha256_file, sha256_json, write_json
+from toolchain.errors import ToolchainError
+from toolchain.utils.io import WriteError, read_json, sha256_file, sha256_json, write_json
 
 DONE, ATTEMPT = "done.json", "attempt.json"
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +137,71 @@ class StageCache:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(attempt, {"key": key, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return same and any(p.name not in (ATTEMPT,) for p in folder.iterdir())
+
+
+# -- one deploy per run folder ---------------------------------------------------------------------
+LOCK = ".lock"
+
+
+class RunLock:
+    """`with RunLock(run_dir):` holds the run folder exclusively (see the module docstring)."""
+
+    def __init__(self, folder, *, wait: bool = True, log: Callable[[str], None] = print):
+        self.folder = Path(folder)
+        self.wait = wait
+        self.log = log
+        self._fd: Optional[int] = None
+
+    def holder(self) -> str:
+        """Who holds the lock, as the holder wrote it: 'pid N (command, since T)'."""
+        try:
+            info = json.loads((self.folder / LOCK).read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if not info.get("pid"):
+            return "another process (pid not recorded yet)"
+        return f"pid {info['pid']} (`{info.get('command', '?')}`, since {info.get('started', '?')})"
+
+    def __enter__(self) -> "RunLock":
+        path = self.folder / LOCK
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise WriteError(err, self.folder) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.holder()
+            if not self.wait:
+                os.close(fd)
+                raise ToolchainError(f"{self.folder} is in use by {holder}; wait for it to finish, stop it, or "
+                                     "use another run folder (name: in the config)") from None
+            self.log(f"waiting for {holder}, which is using {self.folder} (Ctrl-C to stop waiting)")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.log(f"{self.folder} is free now; continuing")
+        except OSError as err:  # a file system without flock (some network mounts): run unlocked
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            self.log(f"warning: cannot lock {self.folder} on this file system; do not run two deploys in it at once")
+        me = {"pid": os.getpid(), "command": " ".join(os.path.basename(a) if i == 0 else a
+                                                      for i, a in enumerate(sys.argv)),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me, sort_keys=True).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -8,7 +8,10 @@ parity passes; `M.onnx.json` records what was done.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -60,19 +63,46 @@ def dynamic_axes(dynamic: Sequence[str]) -> dict:
 
 def torch_to_onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], opset: int,
                         dynamic: Sequence[str] = ()) -> bytes:
+    top = getattr(getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+    if not MIN_OPSET <= int(opset) <= top:
+        raise ToolchainError(f"opset {opset} is outside what the exporter supports ({MIN_OPSET}..{top}); "
+                             f"use e.g. --opset 17")
     model = model.eval().cpu()
     dummy = torch.randn(1, 3, *input_size)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_stdout():
         warnings.simplefilter("ignore")  # the legacy-exporter deprecation notice and tracer warnings
         try:
             torch.onnx.export(model, (dummy,), buffer, opset_version=opset, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes(dynamic) or None,
                               do_constant_folding=True, dynamo=False)
         except (RuntimeError, TypeError, ValueError, torch.onnx.errors.OnnxExporterError) as err:
-            raise ToolchainError(f"torch.onnx.export failed at opset {opset}: {str(err).splitlines()[0]} "
-                                 "(try another --opset)") from None
+            why = (str(err).splitlines() or [type(err).__name__])[0].split(" [Caused by")[0]
+            why = why.split(" Please feel free")[0][:200]
+            raise ToolchainError(f"torch.onnx.export failed at opset {opset}: {why} (try another --opset)") from None
     return buffer.getvalue()
+
+
+MIN_OPSET = 11  # as export.opset in the config
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """The TorchScript exporter writes the whole IR graph to C++ stdout when it fails (hundreds of
+    lines): send file descriptor 1 to /dev/null while it runs."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout to redirect
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def check_and_infer(model):

@@ -62,6 +62,21 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state: dict, path: str | Path) -> None:
+    """A checkpoint with NaN/inf weights (a diverged run) is a one-line error, not a silent metric."""
+    bad = non_finite_tensors(state)
+    if bad:
+        raise ToolchainError(f"{path} has NaN/inf values in {len(bad)} of {len(state)} tensors (e.g. '{bad[0]}'): "
+                             "it comes from a diverged run; retrain with a lower learning rate or use an earlier "
+                             "checkpoint")
+
+
 def _describe_mismatch(model: nn.Module, state: dict) -> str | None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -112,6 +127,7 @@ def load_model(path: str | Path, cfg: ExperimentConfig | None = None) -> tuple[n
         raise ToolchainError(claimed)
     if problem:
         raise ToolchainError(f"{path} does not fit model '{cfg.model.name}' (width {cfg.model.width}): {problem}")
+    check_finite(ckpt["model_state"], path)
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     return model, ckpt

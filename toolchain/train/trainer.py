@@ -8,6 +8,7 @@ complete `last.pt` valid.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from toolchain.errors import ToolchainError
 from toolchain.train import distributed as dist_utils
-from toolchain.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from toolchain.train.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint, unwrap
 from toolchain.train.evaluate import evaluate
 from toolchain.train.losses import task_loss
 from toolchain.train.metrics import is_better, primary_metric
@@ -112,6 +113,39 @@ def _train_loader(cfg, epoch_sampler_seed: int):
     return dataset, sampler, loader
 
 
+_RESUME_KEYS = ("model_state", "optimizer", "scheduler", "rng", "epoch", "history")
+
+
+def _resumable(last_path: Path, stage: str) -> Optional[dict]:
+    """The last-epoch checkpoint to resume from, or None to start the stage from scratch.
+
+    A truncated, corrupt or incomplete one (a disk that filled up, a copy cut short) or one with
+    NaN/inf weights is moved aside to `<name>.bad` with a message, so the stage restarts instead of
+    failing the same way on every rerun.
+    """
+    if not last_path.is_file():
+        return None
+    try:
+        try:
+            ckpt = load_checkpoint(last_path)
+        except ToolchainError:
+            raise ToolchainError("it is truncated or corrupt") from None
+        missing = [k for k in _RESUME_KEYS if k not in ckpt]
+        if missing:
+            raise ToolchainError(f"it lacks {', '.join(missing)}")
+        if non_finite_tensors(ckpt["model_state"]):
+            raise ToolchainError("its weights contain NaN/inf")
+    except ToolchainError as err:
+        bad = last_path.with_name(last_path.name + ".bad")
+        with contextlib.suppress(FileNotFoundError):  # another rank moved it first
+            last_path.replace(bad)
+        if dist_utils.is_main():
+            print(f"[{stage}] cannot resume from {last_path.name} ({err}); moved it to {bad} and restarting "
+                  f"this stage from scratch", flush=True)
+        return None
+    return ckpt
+
+
 def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None, lr: float | None = None,
         loss_fn: Callable | None = None, after_backward: Callable | None = None, resume: bool = False,
         stage: str = "dense", teacher: nn.Module | None = None, extra_checkpoint: dict | None = None,
@@ -130,6 +164,9 @@ def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None
     run_dir = Path(run_dir)
     epochs = epochs if epochs is not None else cfg.train.epochs
     lr = lr if lr is not None else cfg.train.lr
+    if not (math.isfinite(lr) and lr > 0):
+        raise ToolchainError(f"the {stage} learning rate is {lr}; it must be a positive finite number "
+                             "(set train.lr, prune.sparsity.lr or prune.recover.lr)")
     seed_everything(cfg.train.seed + dist_utils.rank())
     device = dist_utils.device()
     model.to(device)
@@ -149,8 +186,8 @@ def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None
     extra = dict(extra_checkpoint or {})
 
     start_epoch, history, best, best_epoch = 0, [], None, -1
-    if resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path)
+    ckpt = _resumable(last_path, stage) if resume else None
+    if ckpt is not None:
         unwrap(model).load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -178,8 +215,10 @@ def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None
             with torch.autocast(device.type, enabled=use_amp):
                 loss = loss_fn(train_model, images, targets) if loss_fn else criterion(train_model(images), targets)
             if not torch.isfinite(loss):
+                kept = (f"the last complete checkpoint is kept at {last_path}" if last_path.is_file()
+                        else "no checkpoint was written")
                 raise NonFiniteLoss(f"the {stage} loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                                    f"the last complete checkpoint is kept at {last_path}; lower the learning rate")
+                                    f"{kept}; lower the learning rate (lr {lr:g})")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if after_backward is not None:
