@@ -156,6 +156,9 @@ TAMPERED = [
     ("bad digest", lambda m, b: m["files"].update({"slim.onnx": "abc"}), "not a sha256"),
     ("manifest listed", lambda m, b: m["files"].update({"manifest.json": "0" * 64}), "lists manifest.json"),
     ("no metadata", _strip_metadata, "carries no toolchain metadata"),
+    ("garbage model", lambda m, b: ((b / "junk.onnx").write_bytes(b"\x08\x07not an onnx model\xff" * 3),
+                                     _add_file("junk.onnx", "junk.onnx")(m, b)),
+     "not a valid ONNX model|carries no toolchain metadata"),
     ("device build escaping", lambda m, b: m.update(device_builds=[{"file": "../x/model.engine"}]),
      "device build file '../x/model.engine' is not a plain path"),
 ]
@@ -371,3 +374,26 @@ def test_bad_arguments(seg_bundle, tmp_path):
     _one_line_error(lambda: load(seg_bundle, backend="cuda"), "backend must be")
     _one_line_error(lambda: load(seg_bundle, topk=0), "topk must be")
     _one_line_error(lambda: load(tmp_path / "nothing"), "bundle not found")
+
+
+def test_run_bundle_example_draws_at_frame_size_and_honours_the_pin(seg_bundle, tmp_path, capsys):
+    import importlib.util
+
+    from PIL import Image
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("run_bundle", REPO / "examples" / "run_bundle.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    for i, size in enumerate([(40, 48), (16, 16), (90, 30)]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, size[::-1] + (3,), dtype=np.uint8)).save(
+            images / f"{i}.png")
+    pin = manifest_sha256(seg_bundle)
+    assert example.main([str(seg_bundle), "--source", str(images), "--out", str(out), "--pin", pin]) == 0
+    assert "3 frames" in capsys.readouterr().out
+    assert [Image.open(out / f"{i}.png").size for i in range(3)] == [(40, 48), (16, 16), (90, 30)]
+    assert example.main([str(seg_bundle), "--source", str(images), "--pin", "f" * 64]) == 2
+    assert "not the pinned one" in capsys.readouterr().err

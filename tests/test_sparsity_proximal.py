@@ -227,3 +227,30 @@ def test_compression_rows_carry_seed_and_diagnostic(tmp_path):
     bench.write_table(result, tmp_path / "t.md")
     table = (tmp_path / "t.md").read_text()
     assert "| acsl | params=0.5 | 1 | 50 |" in table and "25.0% / 37.5% | 44.500 |" in table
+
+
+def test_keep_floor_spares_the_channels_selection_keeps():
+    """keep_floor: the max(min_channels, min_fraction x C) largest gammas of each layer are never shrunk, so even a
+    huge lambda cannot zero a layer whole; without it the same step zeroes everything (a one-line error)."""
+    from toolchain.config import PruneConfig
+    from toolchain.prune.sparsity import SparsityDiverged, selection_floor
+
+    torch.manual_seed(0)
+    model = TinyResCat(8)
+    graph = build_pruning_graph(model, (16, 16))
+    for bn in model.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.weight.data = torch.rand(bn.weight.numel()) + 0.1
+    prune = PruneConfig(min_channels=2, min_fraction=0.1)
+    floor = selection_floor(graph, prune.min_channels, prune.min_fraction)
+    assert floor and all(k == 2 for k in floor.values())
+    before = {n: graph.module(n).weight.detach().clone() for n in graph.bn_names()}
+    reg = make_regulariser("slimming", graph, SparsityConfig(lam=1e3), prune_cfg=prune)
+    reg.after_step(model, 0, 0.01)
+    for name, old in before.items():
+        new = graph.module(name).weight.detach()
+        top = old.abs().topk(2).indices
+        assert torch.equal(new[top], old[top]) and int((new != 0).sum()) == 2
+    off = make_regulariser("slimming", graph, SparsityConfig(lam=1e3, keep_floor=False), prune_cfg=prune)
+    with pytest.raises(SparsityDiverged):
+        off.after_step(model, 1, 0.01)

@@ -89,6 +89,8 @@ class SparsityConfig(_Strict):
     mode: Literal["proximal", "subgradient"] = Field(
         "proximal", description="proximal: gamma <- sign(gamma) max(|gamma| - lr_t lambda_c, 0) after each optimiser "
         "step (docs/SPARSITY.md); subgradient: lambda_c sign(gamma) added to the gradient (washed out by Adam)")
+    keep_floor: bool = Field(True, description="proximal: never shrink the max(min_channels, min_fraction x C) largest "
+                             "gammas of a layer (selection keeps them anyway), so no layer is zeroed whole")
 
 
 class RecoverConfig(_Strict):

@@ -223,7 +223,7 @@ def verify_bundle(bundle_dir, expect_manifest_sha256: Optional[str] = None) -> d
         raise ToolchainError(f"{manifest_path} lists no files; rebuild the bundle with `acsl deploy`")
     artifacts = _artifacts(bundle_dir, manifest)
     keep = _models_to_check(manifest, artifacts)
-    model_bytes: dict[str, bytes] = {}
+    models: dict[str, dict] = {}
     for name, expected in files.items():
         if name in RESERVED:
             raise ToolchainError(f"bundle {bundle_dir}: {MANIFEST} lists {name} as a file; refused: {_REBUILD}")
@@ -238,9 +238,9 @@ def verify_bundle(bundle_dir, expect_manifest_sha256: Optional[str] = None) -> d
         if got != expected:
             raise ToolchainError(f"bundle file {name} in {bundle_dir} does not match its manifest checksum "
                                  "(altered or corrupt); copy the whole folder again or rerun `acsl deploy`")
-        if data is not None:
-            model_bytes[name] = data
-    _cross_check(bundle_dir, manifest, artifacts, model_bytes)
+        if data is not None:  # parsed now and dropped, so only one model's bytes are held at a time
+            models[name] = _model_facts(bundle_dir, name, data)
+    _cross_check(bundle_dir, manifest, artifacts, models)
     return manifest
 
 
@@ -299,13 +299,28 @@ def _static_dims(value_info) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
 
 
-def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], model_bytes: dict[str, bytes]) -> None:
+def _model_facts(bundle_dir: Path, name: str, data: bytes) -> dict:
+    """What the cross-check needs from one ONNX model: metadata, input/output dims, quantized or not."""
     import onnx
     from google.protobuf.message import DecodeError
 
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError):
+        raise ToolchainError(f"bundle {bundle_dir}: {name} is not a valid ONNX model; {_REBUILD}") from None
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    return {"meta": {p.key: p.value for p in proto.metadata_props},
+            "inputs": [_static_dims(i) for i in inputs],
+            "outputs": [_static_dims(o) for o in proto.graph.output],
+            "quantized": any(node.op_type in _QUANT_OPS for node in proto.graph.node)}
+
+
+def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], models: dict[str, dict]) -> None:
     from toolchain.export.metadata import channel_plan_hash
 
-    if not model_bytes:
+    if not models:
         raise ToolchainError(f"bundle {bundle_dir} has no checksummed ONNX model to check {MANIFEST} against "
                              f"(neither an ONNX artifact nor {manifest.get('deployed_variant', 'slim')}.onnx); "
                              f"{_REBUILD}")
@@ -330,13 +345,8 @@ def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], model_
             precisions_of.setdefault(art["file"], set()).add(art["precision"])
     plan_hash = channel_plan_hash(manifest.get("channel_plan"))
 
-    for name, data in sorted(model_bytes.items()):
-        proto = onnx.ModelProto()
-        try:
-            proto.ParseFromString(data)
-        except (DecodeError, ValueError, RuntimeError):
-            raise ToolchainError(f"bundle {bundle_dir}: {name} is not a valid ONNX model; {_REBUILD}") from None
-        meta = {p.key: p.value for p in proto.metadata_props}
+    for name, facts in sorted(models.items()):
+        meta = facts["meta"]
         if "task" not in meta or "preprocessing" not in meta:
             raise ToolchainError(f"bundle {bundle_dir}: {name} carries no toolchain metadata (task, classes, "
                                  f"preprocessing), so {MANIFEST} cannot be checked against it; {_REBUILD}")
@@ -364,12 +374,12 @@ def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], model_
             if want_plan is not None and meta.get("channel_plan_sha256", want_plan) != want_plan:
                 _fail(bundle_dir, name, f"variant {variant!r} (channel plan sha256)", want_plan[:16],
                       str(meta.get("channel_plan_sha256"))[:16])
-        quantized = any(node.op_type in _QUANT_OPS for node in proto.graph.node)
+        quantized = facts["quantized"]
         for precision in sorted(precisions_of.get(name, ())):
             if quantized != (precision == "int8"):
                 _fail(bundle_dir, name, f"precision of {name}", precision,
                       "quantized" if quantized else "not quantized")
-        _check_graph_shapes(bundle_dir, name, proto, task, size, len(classes))
+        _check_graph_shapes(bundle_dir, name, facts, task, size, len(classes))
     for key in ("mean", "std"):  # the top-level copies must not disagree with what the runtime uses
         if key in manifest and manifest[key] != pre.get(key):
             _disagree(bundle_dir, key, manifest[key], f"preprocessing.{key} {_short(pre.get(key))}")
@@ -387,16 +397,14 @@ def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], model_
         _disagree(bundle_dir, "output.decoding", decoding, f"task {task!r} (decoded by {DECODING_WORD[task]})")
 
 
-def _check_graph_shapes(bundle_dir: Path, name: str, proto, task: str, size: list, num_classes: int) -> None:
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
-    if len(inputs) != 1 or not proto.graph.output:
+def _check_graph_shapes(bundle_dir: Path, name: str, facts: dict, task: str, size: list, num_classes: int) -> None:
+    if len(facts["inputs"]) != 1 or not facts["outputs"]:
         raise ToolchainError(f"bundle {bundle_dir}: {name} must have one image input and an output "
-                             f"(has {len(inputs)} inputs); {_REBUILD}")
-    dims = _static_dims(inputs[0])
+                             f"(has {len(facts['inputs'])} inputs); {_REBUILD}")
+    dims = facts["inputs"][0]
     if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], [3, *size])):
         _fail(bundle_dir, name, "input shape", ["N", 3, *size], dims)
-    out = _static_dims(proto.graph.output[0])
+    out = facts["outputs"][0]
     if task in ("segmentation", "classification") and len(out) >= 2 and out[1] not in (None, num_classes):
         _fail(bundle_dir, name, "number of classes", num_classes, out[1])
     if task == "counting" and len(out) >= 2 and out[1] not in (None, 1):

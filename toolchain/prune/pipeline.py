@@ -81,7 +81,7 @@ def sparsity_stage(cfg, model: nn.Module, method: Method, dense_sha256: str) -> 
         return sparse, record
     t0 = time.time()
     graph = build_pruning_graph(model, tuple(cfg.data.input_size))
-    regulariser = make_regulariser(method.sparsity, graph, s, seed=cfg.prune.seed).attach()
+    regulariser = make_regulariser(method.sparsity, graph, s, seed=cfg.prune.seed, prune_cfg=cfg.prune).attach()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     try:

@@ -4,7 +4,10 @@ Two ways to apply a gamma method's per-channel strength lambda_c (`prune.sparsit
 
 - `proximal` (default): after each optimiser step (`after_step(model, step, lr)`), the decoupled proximal
   step of the L1 term, gamma <- sign(gamma) * max(|gamma| - lr_t * lambda_c, 0). The optimiser never sees
-  the penalty, so Adam/AdamW cannot normalise it away, and gammas reach exact zeros.
+  the penalty, so Adam/AdamW cannot normalise it away, and gammas reach exact zeros. With
+  `prune.sparsity.keep_floor` (default) the largest max(min_channels, ceil(min_fraction x C)) gammas of
+  each layer - the channels selection keeps in any case - are not shrunk, so no layer is zeroed whole
+  (a zeroed layer cuts a chain network: its output no longer depends on the input).
 - `subgradient` (the old behaviour, kept for the record): lambda_c * sign(gamma) added to gamma.grad after
   `loss.backward()` (`after_backward(model, step)`). Under Adam/AdamW the update is normalised per
   parameter, so a gamma moves about lr per step whatever lambda_c is.
@@ -128,13 +131,14 @@ class Regulariser:
     `after_step(model, step, lr)` (proximal mode, lr the learning rate of the step just taken)."""
     name = "base"
 
-    def __init__(self, graph: PruningGraph, lam: float, mode: str = "proximal"):
+    def __init__(self, graph: PruningGraph, lam: float, mode: str = "proximal", floor: Optional[dict[str, int]] = None):
         if mode not in SPARSITY_MODES:
             raise ToolchainError(f"unknown prune.sparsity.mode '{mode}' (valid: {', '.join(SPARSITY_MODES)})")
         self.graph = graph
         self.lam = float(lam)
         self.mode = mode
         self.bns: dict[str, nn.Module] = {n: graph.module(n) for n in graph.bn_names()}
+        self.floor = {n: int(k) for n, k in (floor or {}).items() if n in self.bns and k > 0}
         self.steps = 0
         self.lr_sum = 0.0  # sum of lr_t over the steps taken: lam * lr_sum bounds how far the proximal step moves a gamma
 
@@ -180,7 +184,12 @@ class Regulariser:
         with torch.no_grad():
             for name, bn in self.bns.items():
                 weight = bn.weight
-                weight.copy_(soft_threshold(weight, float(lr) * strengths[name].to(weight.device, weight.dtype)))
+                threshold = float(lr) * strengths[name].to(weight.device, weight.dtype)
+                keep = min(self.floor.get(name, 0), weight.numel())
+                if keep:  # the largest `keep` gammas: selection keeps them anyway
+                    threshold = threshold.clone()
+                    threshold[weight.detach().abs().topk(keep).indices] = 0
+                weight.copy_(soft_threshold(weight, threshold))
                 alive = alive or bool(weight.any())
         if self.bns and not alive:
             raise SparsityDiverged(
@@ -190,7 +199,8 @@ class Regulariser:
     def describe(self) -> dict:
         s = self.strengths()
         flat = torch.cat([v.flatten() for v in s.values()]) if s else torch.zeros(1)
-        return {"method": self.name, "lam": self.lam, "mode": self.mode, "strength_min": float(flat.min()),
+        return {"method": self.name, "lam": self.lam, "mode": self.mode, "keep_floor": bool(self.floor),
+                "strength_min": float(flat.min()),
                 "strength_mean": float(flat.mean()), "strength_max": float(flat.max()), "steps": self.steps,
                 "lr_sum": round(self.lr_sum, 6), "shrink_budget": round(self.lam * self.lr_sum, 6)}
 
@@ -205,8 +215,8 @@ class _AffinityRegulariser(Regulariser):
 
     def __init__(self, graph: PruningGraph, lam: float, *, refresh_every: int = 10, ema_momentum: float = 0.9,
                  clip: tuple[float, float] = (0.1, 10.0), max_positions: int = 4096, seed: int = 0,
-                 mode: str = "proximal"):
-        super().__init__(graph, lam, mode)
+                 mode: str = "proximal", floor: Optional[dict[str, int]] = None):
+        super().__init__(graph, lam, mode, floor)
         self.refresh_every = int(refresh_every)
         self.ema_momentum = float(ema_momentum)
         self.clip = (float(clip[0]), float(clip[1]))
@@ -324,18 +334,32 @@ class GroupNormRegulariser(Regulariser):
 SPARSITY_METHODS = ("acsl", "cap", "slimming", "depgraph")
 
 
-def make_regulariser(method: str, graph: PruningGraph, sparsity_cfg, seed: int = 0) -> Regulariser:
-    """The regulariser of `method` with cfg.prune.sparsity hyperparameters (mode: proximal or subgradient)."""
+def selection_floor(graph: PruningGraph, min_channels: int, min_fraction: float, round_to: int = 1) -> dict[str, int]:
+    """Per prunable BN, how many channels selection keeps at least (its group's min_keep, at most the BN's width)."""
+    floor: dict[str, int] = {}
+    for group in graph.groups:
+        keep = group.min_keep(min_channels, min_fraction, round_to)
+        for slot in group.bns:
+            floor[slot.name] = max(floor.get(slot.name, 0), min(keep, len(slot.bn_index)))
+    return floor
+
+
+def make_regulariser(method: str, graph: PruningGraph, sparsity_cfg, seed: int = 0, prune_cfg=None) -> Regulariser:
+    """The regulariser of `method` with cfg.prune.sparsity hyperparameters (mode: proximal or subgradient).
+    `prune_cfg` (cfg.prune) supplies the selection floor that `keep_floor` exempts from the proximal step."""
     s = sparsity_cfg
     mode = getattr(s, "mode", "proximal")
+    floor = None
+    if prune_cfg is not None and getattr(s, "keep_floor", True):
+        floor = selection_floor(graph, prune_cfg.min_channels, prune_cfg.min_fraction, prune_cfg.round_to)
     if method == "acsl":
         return ACSLRegulariser(graph, s.lam, refresh_every=s.refresh_every, ema_momentum=s.ema_momentum,
-                               clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode)
+                               clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode, floor=floor)
     if method == "cap":
         return CAPRegulariser(graph, s.lam, refresh_every=s.refresh_every, ema_momentum=s.ema_momentum,
-                              clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode)
+                              clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode, floor=floor)
     if method == "slimming":
-        return SlimmingRegulariser(graph, s.lam, mode=mode)
+        return SlimmingRegulariser(graph, s.lam, mode=mode, floor=floor)
     if method == "depgraph":
         return GroupNormRegulariser(graph, s.lam)
     raise ToolchainError(f"method '{method}' has no sparsity-learning phase (those that do: {', '.join(SPARSITY_METHODS)})")

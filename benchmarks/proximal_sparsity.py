@@ -1,0 +1,168 @@
+"""Proximal vs subgradient sparsity (issue 12): does the sparsity phase zero the gammas selection removes?
+
+    python benchmarks/proximal_sparsity.py configs/demo.yaml [--profile quick] [--checkpoint DENSE.pt] \
+        [--methods acsl,slimming] [--subgradient-lams 1e-4] [--proximal-lams 1,3,10] [--budget params=0.5] \
+        [--exp demo] [--results benchmarks/results] [--set KEY=VALUE ...]
+
+For each method x mode x lambda it runs `acsl prune` (toolchain.prune.pipeline.run_prune) from the same dense
+checkpoint (trained here if none is given) and records the run's diagnostic: fraction of prunable gammas
+at exactly zero and below 1e-2 of the largest after sparsity, the shrink budget lam x sum(lr_t), and the val
+metric dense (before sparsity), after sparsity, right after slimming (before recovery) and after recovery.
+Rows are appended to `<results>/proximal_sparsity_<exp>.json` as they finish (a rerun skips finished rows);
+a Markdown table is written next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from toolchain.config import config_from_dict, config_to_dict, deep_merge, load_config, parse_dotted_overrides  # noqa: E402
+from toolchain.errors import ToolchainError  # noqa: E402
+from toolchain.utils.io import atomic_write_text, read_json, write_json  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config")
+    p.add_argument("--profile")
+    p.add_argument("--checkpoint", help="dense checkpoint (default: train one into <out_dir>/<name>/dense_best.pt)")
+    p.add_argument("--methods", default="acsl,slimming")
+    p.add_argument("--subgradient-lams", default="", help="lambdas for mode subgradient (default: the config's lam)")
+    p.add_argument("--proximal-lams", default="", help="lambdas for mode proximal (default: the config's lam)")
+    p.add_argument("--no-floor-lams", default="", help="lambdas for mode proximal with keep_floor off (default: none)")
+    p.add_argument("--budget", help="default: prune.budget of the config")
+    p.add_argument("--exp", help="label of the result files (default: the config's name)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p.parse_args(argv)
+
+
+def _lams(text: str, default: float) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()] or [default]
+
+
+def one_run(cfg, checkpoint: Path, method: str, mode: str, lam: float, budget: str, floor: bool = True) -> dict:
+    from toolchain.prune.pipeline import run_prune
+
+    cfg_r = config_from_dict(deep_merge(config_to_dict(cfg), {"prune": {"sparsity": {
+        "lam": lam, "mode": mode, "keep_floor": floor}}}))
+    out = cfg.run_dir() / "proximal_sparsity" / f"{method}_{mode}_lam{lam:g}{'' if floor else '_nofloor'}"
+    t0 = time.time()
+    record = run_prune(cfg_r, checkpoint, method=method, budget=budget, out=out)
+    d = record["diagnostic"]
+    strengths = (record["stages"]["sparsity"] or {}).get("strengths") or {}
+    return {"method": method, "mode": mode, "lam": lam, "keep_floor": floor and mode == "proximal",
+            "budget": record["budget"], "layers_all_zero": d["gammas"]["layers_all_zero"],
+            "frac_exact_zero": d["gammas"]["frac_exact_zero"], "frac_below_1pct_of_max": d["gammas"]["frac_below_rel"],
+            "median_abs_gamma": d["gammas"].get("median_abs"), "n_gammas": d["gammas"]["n"],
+            "lr_sum": strengths.get("lr_sum"), "shrink_budget": strengths.get("shrink_budget"),
+            "val_dense": d["val_dense"], "val_after_sparsity": d["val_after_sparsity"],
+            "val_after_slim": d["val_after_slim"], "val_after_recovery": d["val_after_recovery"],
+            "slim_loss": d["slim"]["loss"], "test": record["test"],
+            "fraction_removed": record["fraction_removed"], "sparsity_epochs": record["sparsity_epochs"],
+            "recover_epochs": record["recover_epochs"], "histogram": str(out / (d["histogram"] or "")),
+            "wall_s": round(time.time() - t0, 2)}
+
+
+def _f(v, fmt=".3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def _mode(r: dict) -> str:
+    return r["mode"] + ("" if r["mode"] != "proximal" or r.get("keep_floor", True) else " (no floor)")
+
+
+def write_table(result: dict, path: Path) -> None:
+    name = result["metric"]
+    lines = [f"# Proximal vs subgradient sparsity: {result['exp']} ({result['profile'] or 'base'} profile), "
+             f"budget {result['budget']}", "",
+             f"Val {name} ({'higher' if result['higher_is_better'] else 'lower'} is better); dense val "
+             f"{_f(result['dense_val'])}. 'zeros' = prunable BN gammas exactly 0 after sparsity; '< 1%' = below 1e-2 x "
+             "the largest |gamma|; shrink = lam x sum of lr_t over the sparsity steps (how far the proximal step can "
+             "move a gamma); slim loss = metric lost by slimming, before recovery.", "",
+             "| method | mode | lambda | shrink | zeros | < 1% | layers all zero | median abs gamma | val dense "
+             "| val after sparsity | val after slim | slim loss | val after recovery | wall s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(result["runs"], key=lambda r: (r["method"], _mode(r), r["lam"])):
+        if r.get("error"):
+            lines.append(f"| {r['method']} | {_mode(r)} | {r['lam']:g} | failed: {r['error'][:80]} | | | | | | | | | | |")
+            continue
+        lines.append(f"| {r['method']} | {_mode(r)} | {r['lam']:g} | {_f(r['shrink_budget'], '.3g')} | "
+                     f"{r['frac_exact_zero']:.1%} | {r['frac_below_1pct_of_max']:.1%} | {r['layers_all_zero']} | "
+                     f"{_f(r['median_abs_gamma'], '.4f')} | "
+                     f"{_f(r['val_dense'])} | {_f(r['val_after_sparsity'])} | {_f(r['val_after_slim'])} | "
+                     f"{_f(r['slim_loss'])} | {_f(r['val_after_recovery'])} | {r['wall_s']:.0f} |")
+    lines += ["", f"Command: `{result['command']}`", f"Machine: {result['machine']}; commit {result['git_commit']}.", ""]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def main(argv=None) -> int:
+    from toolchain.prune.pipeline import _val
+    from toolchain.prune.select import parse_budget
+    from toolchain.train.checkpoint import load_model
+    from toolchain.train.metrics import primary_metric
+    from toolchain.utils.provenance import git_commit, machine
+
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, profile=args.profile, overrides=parse_dotted_overrides(args.overrides))
+        budget = args.budget or cfg.prune.budget
+        parse_budget(budget)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for m in methods:
+            if m not in ("acsl", "cap", "slimming"):
+                raise ToolchainError(f"method '{m}' has no gamma sparsity phase (valid: acsl, cap, slimming)")
+        exp = args.exp or cfg.name
+        results = Path(args.results)
+        json_path = results / f"proximal_sparsity_{exp}.json"
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from compression import ensure_dense
+
+        checkpoint = ensure_dense(cfg, args.checkpoint)
+        metric, higher = primary_metric(cfg.task)
+        result = read_json(json_path) if json_path.is_file() else {}
+        if not result:
+            model, _ = load_model(checkpoint, cfg)
+            result = {"exp": exp, "config": args.config, "profile": cfg.profile, "budget": budget, "metric": metric,
+                      "higher_is_better": higher, "dense_checkpoint": str(checkpoint), "dense_val": _val(model, cfg),
+                      "runs": []}
+        result.update({"machine": machine(), "git_commit": git_commit(),
+                       "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/proximal_sparsity.py"]
+                                           + list(sys.argv[1:] if argv is None else argv))})
+        lam0 = cfg.prune.sparsity.lam
+        plan = [(m, "subgradient", lam, False) for m in methods for lam in _lams(args.subgradient_lams, lam0)]
+        plan += [(m, "proximal", lam, True) for m in methods for lam in _lams(args.proximal_lams, lam0)]
+        plan += [(m, "proximal", float(v), False) for m in methods for v in args.no_floor_lams.split(",") if v.strip()]
+        for method, mode, lam, floor in plan:
+            same = lambda r: (r["method"], r["mode"], r["lam"], r.get("keep_floor", False)) == (  # noqa: E731
+                method, mode, lam, floor)
+            if any(same(r) and not r.get("error") for r in result["runs"]):
+                continue
+            result["runs"] = [r for r in result["runs"] if not same(r)]
+            print(f"[proximal_sparsity] {method} {mode} lam {lam:g}{'' if floor or mode != 'proximal' else ' no floor'}",
+                  flush=True)
+            try:
+                row = one_run(cfg, checkpoint, method, mode, lam, budget, floor)
+            except ToolchainError as err:
+                row = {"method": method, "mode": mode, "lam": lam, "keep_floor": floor, "error": str(err)}
+            result["runs"].append(row)
+            write_json(json_path, result)
+            write_table(result, json_path.with_suffix(".md"))
+        write_json(json_path, result)
+        write_table(result, json_path.with_suffix(".md"))
+        print(f"[proximal_sparsity] results: {json_path} (+ .md)")
+        return 0
+    except ToolchainError as err:
+        print(f"proximal_sparsity: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
