@@ -86,6 +86,7 @@ class Capabilities:
     optimization_level: bool      # IBuilderConfig.builder_optimization_level (8.6+)
     compute_capabilities: bool    # IBuilderConfig.set_compute_capability (TensorRT-RTX ahead-of-time)
     dla: bool                     # Builder.num_DLA_cores and DeviceType.DLA exist
+    timing_cache: bool = True     # timing caches do something (they are deprecated no-ops in TensorRT-RTX)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +120,7 @@ def capabilities(trt: Any) -> Capabilities:
         optimization_level=hasattr(config_cls, "builder_optimization_level"),
         compute_capabilities=hasattr(config_cls, "set_compute_capability") and hasattr(trt, "ComputeCapability"),
         dla=hasattr(builder_cls, "num_DLA_cores") and hasattr(getattr(trt, "DeviceType", None), "DLA"),
+        timing_cache=flavour_of(trt) != "tensorrt-rtx" and hasattr(config_cls, "create_timing_cache"),
     )
 
 

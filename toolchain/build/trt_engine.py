@@ -85,9 +85,9 @@ def _configure(trt, builder, network, req: EngineRequest, caps, plan: dict):
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(req.workspace_mib) << 20)
     if caps.optimization_level:  # TensorRT 8.6+
         config.builder_optimization_level = 3
-    cache_bytes = req.timing_cache.read_bytes() if req.timing_cache and req.timing_cache.exists() else b""
-    timing_cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(timing_cache, ignore_mismatch=True)
+    if caps.timing_cache and req.timing_cache is not None:
+        cache_bytes = req.timing_cache.read_bytes() if req.timing_cache.exists() else b""
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=True)
 
     profile = builder.create_optimization_profile()
     profile.set_shape(req.input_name, req.profile["min"], req.profile["opt"], req.profile["max"])
@@ -150,7 +150,7 @@ def build_engine(req: EngineRequest, log=print) -> dict:
         raise ToolchainError(f"TensorRT failed to build an engine from {req.onnx_path.name} (see the builder log "
                              "above; on Orin Nano try a smaller workspace_mib or tighter shape ranges)")
     atomic_write_bytes(req.engine_path, bytes(serialized))
-    if req.timing_cache is not None:
+    if caps.timing_cache and req.timing_cache is not None:
         atomic_write_bytes(req.timing_cache, bytes(config.get_timing_cache().serialize()))
     gpu = detect_gpu()
     ccs = list(req.compute_capabilities) if caps.compute_capabilities and req.compute_capabilities else []

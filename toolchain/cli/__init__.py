@@ -13,7 +13,8 @@ from toolchain import __version__
 from toolchain.errors import ToolchainError
 
 # Order is the order shown in --help: the pipeline, stage by stage.
-COMMANDS = ["models", "data", "train", "eval", "prune", "export", "targets", "build", "profile", "deploy", "report"]
+COMMANDS = ["models", "data", "train", "eval", "prune", "export", "targets", "build", "compare", "profile", "deploy",
+            "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -44,19 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except ToolchainError as err:
         print(f"acsl {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # disk full, read-only folder: one line naming a folder that exists
-        from toolchain.cli.common import describe_write_error
-
-        line = describe_write_error(err)
-        if line is None:
-            raise
-        print(f"acsl {args.command}: error: {line}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        from toolchain.cli.common import resume_command
-
-        print(f"acsl {args.command}: interrupted; completed artifacts are kept; to continue run: "
-              f"{resume_command(argv, hasattr(args, 'resume'))}", file=sys.stderr)
+        print(f"acsl {args.command}: interrupted; completed artifacts are kept, rerun with --resume to continue",
+              file=sys.stderr)
         return 130
 
 
