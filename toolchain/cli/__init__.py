@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -44,9 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     except ToolchainError as err:
         print(f"acsl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, read-only folder: one line naming a folder that exists
+        from toolchain.cli.common import describe_write_error
+
+        line = describe_write_error(err)
+        if line is None:
+            raise
+        print(f"acsl {args.command}: error: {line}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"acsl {args.command}: interrupted; completed artifacts are kept, rerun with --resume to continue",
-              file=sys.stderr)
+        from toolchain.cli.common import resume_command
+
+        print(f"acsl {args.command}: interrupted; completed artifacts are kept; to continue run: "
+              f"{resume_command(argv, hasattr(args, 'resume'))}", file=sys.stderr)
         return 130
 
 
