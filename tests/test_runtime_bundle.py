@@ -267,6 +267,28 @@ def test_engine_sidecar_must_be_checksummed(tmp_path, monkeypatch, capsys):
     _one_line_error(lambda: load(bundle), "sidecar slim-fp16/model.engine.json is not listed")
     assert acsl(["profile", "--bundle", str(bundle), "--runs", "1", "--warmup-s", "0"]) == 2
     assert "sidecar slim-fp16/model.engine.json is not listed" in capsys.readouterr().err
+    # listed (as `acsl deploy` lists it): the TensorRT runner gets the engine's real path inside the bundle
+    side = tmp_path / "model.engine.json"
+    shutil.copy(bundle / "slim-fp16" / "model.engine.json", side)
+    bundle = write_bundle(tmp_path / "b", {"slim.onnx": slim, "slim-fp16/model.engine": tmp_path / "model.engine",
+                                           "slim-fp16/model.engine.json": side}, manifest)
+    opened = []
+
+    class FakeTrtRunner:
+        input_names, output_names = ["input"], ["output"]
+
+        def __init__(self, path):
+            opened.append(path)
+
+        def load(self):
+            return self
+
+    fake = types.ModuleType("toolchain.runtime.trt_runner")
+    fake.TrtRunner = FakeTrtRunner
+    monkeypatch.setitem(sys.modules, "toolchain.runtime.trt_runner", fake)
+    model = load(bundle)
+    assert model.precision == "fp16" and "TensorRT engine slim-fp16/model.engine" in model.backend_description
+    assert opened == [(bundle / "slim-fp16" / "model.engine").resolve()]
 
 
 def test_profile_bundle_uses_the_same_verification(tmp_path, capsys):

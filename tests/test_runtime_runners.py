@@ -53,6 +53,22 @@ def test_ort_providers_filtered_and_profiling(net_and_onnx, tmp_path):
     assert runner.profile_path and json.load(open(runner.profile_path))
 
 
+def test_ort_runner_runs_the_bytes_it_is_given(net_and_onnx, tmp_path):
+    """The bundle loader hands over the bytes it verified: the file on disk is not read again."""
+    _, path = net_and_onnx
+    data = path.read_bytes()
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with OrtRunner(path) as from_file:
+        ref = from_file.infer({"input": x})["output"]
+    path.write_bytes(b"replaced after verification")
+    with OrtRunner(path, model_bytes=data) as from_bytes:
+        np.testing.assert_array_equal(from_bytes.infer({"input": x})["output"], ref)
+    with pytest.raises(ToolchainError, match="could not load"):
+        OrtRunner(path).load()
+    with pytest.raises(ToolchainError, match="could not load"):
+        OrtRunner(tmp_path / "gone.onnx", model_bytes=b"junk").load()
+
+
 def test_runner_errors_are_one_line(net_and_onnx, tmp_path):
     _, path = net_and_onnx
     with OrtRunner(path) as runner:

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             res = evaluate(predict_fn(runner), cfg, "val", max_images=cfg.deploy.eval_images)
             return {"metric": metric, "value": float(res[metric]), "images": res.get("images"), "split": "val"}
 
-    record = profile_engine(make_runner or _runner_factory(path, target), model_file=path, batches=_batches(args.batch, target),
+    record = profile_engine(make_runner or _runner_factory(path, target), model_file=path,
+                            batches=_batches(args.batch, target),
                             runs=args.runs, warmup_s=args.warmup_s, onnx_path=onnx_for_cost, target=target,
                             precision=precision, accuracy_fn=accuracy_fn)
     print(f"{path} on {record['measured_on']} ({record['backend']}; CUDA graph: {record['cuda_graph']['note']})")

@@ -200,8 +200,8 @@ def verify_bundle(bundle_dir, expect_manifest_sha256: Optional[str] = None) -> d
     if expect_manifest_sha256 is not None:
         pin = str(expect_manifest_sha256).strip().lower()
         if not _HEX64.match(pin):
-            raise ToolchainError(f"expect_manifest_sha256 must be 64 hex digits (got {_short(expect_manifest_sha256)}); "
-                                 f"get it with `sha256sum {manifest_path}`")
+            raise ToolchainError(f"expect_manifest_sha256 must be 64 hex digits (got "
+                                 f"{_short(expect_manifest_sha256)}); get it with `sha256sum {manifest_path}`")
         if pin != digest:
             raise ToolchainError(f"bundle {bundle_dir} is not the pinned one: manifest.json sha256 {digest[:16]}... "
                                  f"!= expected {pin[:16]}...; deploy the pinned bundle or update the pin")

@@ -190,11 +190,12 @@ class Regulariser:
                     threshold = threshold.clone()
                     threshold[weight.detach().abs().topk(keep).indices] = 0
                 weight.copy_(soft_threshold(weight, threshold))
-                alive = alive or bool(weight.any())
+                alive = alive or int(weight.count_nonzero()) > keep
         if self.bns and not alive:
-            raise SparsityDiverged(
-                f"{self.name} sparsity learning zeroed every prunable gamma by step {step} (the network's output no "
-                f"longer depends on its input); lower prune.sparsity.lam (now {self.lam:g}) or prune.sparsity.lr")
+            what = ("every gamma selection could remove (nothing is left to rank)" if self.floor else
+                    "every prunable gamma (the network's output no longer depends on its input)")
+            raise SparsityDiverged(f"{self.name} sparsity learning zeroed {what} by step {step}; lower "
+                                   f"prune.sparsity.lam (now {self.lam:g}) or prune.sparsity.lr")
 
     def describe(self) -> dict:
         s = self.strengths()
