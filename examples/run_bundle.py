@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         model = load(args.bundle, precision=args.precision, expect_manifest_sha256=args.pin)
-        print(model)
+        print(f"{model}\nmanifest sha256 {model.manifest_sha256} (pin it with --pin)")
         model.warmup(0.5)
         src = Path(args.source)
         frames = frames_from_folder(src) if src.is_dir() else frames_from_capture(args.source)

@@ -212,7 +212,7 @@ def test_manifest_is_checksummed_and_can_be_pinned(seg_bundle):
     pin = manifest_sha256(seg_bundle)
     assert (seg_bundle / "manifest.sha256").read_text() == f"{pin}  manifest.json\n"
     assert pin == _sha(seg_bundle / "manifest.json")
-    assert load(seg_bundle, expect_manifest_sha256=pin.upper()).task == "segmentation"
+    assert load(seg_bundle, expect_manifest_sha256=pin.upper()).manifest_sha256 == pin
     _one_line_error(lambda: load(seg_bundle, expect_manifest_sha256="0" * 64), "not the pinned one")
     _one_line_error(lambda: load(seg_bundle, expect_manifest_sha256="abc"), "64 hex digits")
     # a re-signed (self-consistent) manifest still fails the pin, even with a harmless edit
@@ -296,8 +296,9 @@ def test_profile_bundle_uses_the_same_verification(tmp_path, capsys):
 
     bundle, _ = _bundle(tmp_path)
     args = ["profile", "--bundle", str(bundle), "--runs", "2", "--warmup-s", "0", "--batch", "1"]
-    assert acsl(args) == 0
+    assert acsl(args + ["--json", str(tmp_path / "p.json")]) == 0
     assert "slim-fp32.onnx" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p.json").read_text())["bundle"]["manifest_sha256"] == manifest_sha256(bundle)
     assert acsl(args + ["--expect-manifest-sha256", "1" * 64]) == 2
     assert "not the pinned one" in capsys.readouterr().err
     _resign(bundle, _copy_in_evil)

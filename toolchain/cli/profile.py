@@ -56,11 +56,11 @@ def _runner_factory(path: Path, target):
 def _bundle_runner(args, load_target):
     """The same verification and artifact choice as `toolchain.runtime.load` (every path inside the
     bundle, every artifact checksummed, the manifest checked against the ONNX metadata)."""
-    from toolchain.deploy.bundle import bundle_path, verify_bundle
+    from toolchain.deploy.bundle import bundle_path, verify_bundle_pinned
     from toolchain.runtime.bundle import _pick_artifact, ort_runner_for
 
     bundle = Path(args.bundle)
-    manifest = verify_bundle(bundle, expect_manifest_sha256=args.expect_manifest_sha256)
+    manifest, args.manifest_sha256 = verify_bundle_pinned(bundle, args.expect_manifest_sha256)
     precision, chosen = _pick_artifact(manifest, args.precision, bundle)
     artifact = chosen[0]
     path = bundle_path(bundle, artifact["file"], "artifact")
@@ -122,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
                             batches=_batches(args.batch, target),
                             runs=args.runs, warmup_s=args.warmup_s, onnx_path=onnx_for_cost, target=target,
                             precision=precision, accuracy_fn=accuracy_fn)
+    if args.bundle:
+        record["bundle"] = {"path": str(args.bundle), "manifest_sha256": args.manifest_sha256}
     print(f"{path} on {record['measured_on']} ({record['backend']}; CUDA graph: {record['cuda_graph']['note']})")
     for batch, stats in record["latency"].items():
         print(f"batch {batch}: {stats['error']}" if "error" in stats else format_trtexec(stats))

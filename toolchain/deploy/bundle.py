@@ -188,6 +188,11 @@ def verify_bundle(bundle_dir, expect_manifest_sha256: Optional[str] = None) -> d
     """Check the manifest (its own sha256, an optional pin, every path, every file's sha256, every
     artifact listed, the behaviour-changing fields against the checksummed ONNX models); return the
     manifest or raise a one-line ToolchainError."""
+    return verify_bundle_pinned(bundle_dir, expect_manifest_sha256)[0]
+
+
+def verify_bundle_pinned(bundle_dir, expect_manifest_sha256: Optional[str] = None) -> tuple[dict, str]:
+    """`verify_bundle`, also returning the sha256 of the manifest.json bytes that were verified."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise ToolchainError(f"bundle not found: {bundle_dir} (create one with `make deploy TARGET=...`)")
@@ -241,7 +246,7 @@ def verify_bundle(bundle_dir, expect_manifest_sha256: Optional[str] = None) -> d
         if data is not None:  # parsed now and dropped, so only one model's bytes are held at a time
             models[name] = _model_facts(bundle_dir, name, data)
     _cross_check(bundle_dir, manifest, artifacts, models)
-    return manifest
+    return manifest, digest
 
 
 def _artifacts(bundle_dir: Path, manifest: dict) -> list[dict]:

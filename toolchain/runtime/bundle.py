@@ -181,7 +181,7 @@ class DeployedModel:
                  providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, bgr: Optional[bool] = None,
                  color: Optional[str] = None, topk: int = 5, history: int = 1000,
                  expect_manifest_sha256: Optional[str] = None):
-        from toolchain.deploy.bundle import verify_bundle
+        from toolchain.deploy.bundle import verify_bundle_pinned
 
         if backend not in ("auto", "tensorrt", "onnxruntime"):
             raise ToolchainError(f"backend must be auto, tensorrt or onnxruntime (got {backend!r})")
@@ -190,7 +190,8 @@ class DeployedModel:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ToolchainError(f"{name} must be an integer >= 1 (got {value!r})")
         self.bundle = Path(bundle_dir)
-        self.manifest = verify_bundle(self.bundle, expect_manifest_sha256=expect_manifest_sha256)
+        # manifest_sha256: of the manifest.json bytes verified here; pin it with expect_manifest_sha256=
+        self.manifest, self.manifest_sha256 = verify_bundle_pinned(self.bundle, expect_manifest_sha256)
         self.precision, artifacts = _pick_artifact(self.manifest, precision, self.bundle)
         self.task = self.manifest["task"]
         self.class_names = list(self.manifest.get("classes") or [])
