@@ -140,12 +140,14 @@ def test_atomic_temp_files_carry_the_writer_pid(tmp_path, monkeypatch):
 
 
 # -- interrupted and truncated runs ------------------------------------------------------------------
-def test_truncated_in_progress_checkpoint_restarts_the_stage(tiny_seg_config, tmp_path, capsys):
+@pytest.mark.parametrize("keep", [0.5, 5000, 0], ids=["half", "5000-bytes", "empty"])
+def test_truncated_in_progress_checkpoint_restarts_the_stage(tiny_seg_config, tmp_path, capsys, keep):
     cfg = load_config(tiny_seg_config)
     run = tmp_path / "run"
     fit(cfg, build_from_config(cfg), run, epochs=1)
     last = run / "dense_last.pt"
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a copy cut short / a disk that filled
+    size = int(last.stat().st_size * keep) if isinstance(keep, float) else keep
+    last.write_bytes(last.read_bytes()[:size])  # a copy cut short / a disk that filled
     result = fit(cfg, build_from_config(cfg), run, resume=True)
     out = capsys.readouterr().out
     assert "cannot resume from dense_last.pt (it is truncated or corrupt)" in out and "from scratch" in out

@@ -146,10 +146,10 @@ LOCK = ".lock"
 class RunLock:
     """`with RunLock(run_dir):` holds the run folder exclusively (see the module docstring)."""
 
-    def __init__(self, folder, *, wait: bool = True, log: Callable[[str], None] = print):
+    def __init__(self, folder, *, wait: bool = True, log: Optional[Callable[[str], None]] = None):
         self.folder = Path(folder)
         self.wait = wait
-        self.log = log
+        self.log = log or (lambda line: print(line, flush=True))  # seen at once, also through a pipe
         self._fd: Optional[int] = None
 
     def holder(self) -> str:

@@ -53,7 +53,7 @@ def load_checkpoint(path: str | Path) -> dict:
     except pickle.UnpicklingError:
         raise ToolchainError(f"{path} is not a readable checkpoint: not a torch file, or it holds pickled objects "
                              "that safe (weights_only) loading refuses; use a checkpoint written by acsl") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:  # OSError: EINVAL when cut short
         why = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:100]
         raise ToolchainError(f"{path} is not a readable checkpoint (truncated or corrupt: {why}); "
                              "retrain or pick another file") from None
