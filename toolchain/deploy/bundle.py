@@ -37,6 +37,7 @@ MANIFEST = "manifest.json"
 MANIFEST_SHA256 = "manifest.sha256"
 RESERVED = (MANIFEST, MANIFEST_SHA256)
 ARTIFACT_KINDS = ("onnx", "tensorrt-engine")
+VARIANTS = ("slim", "dense")  # slim: the manifest's channel_plan applied; dense: no plan
 DECODING_WORD = {"segmentation": "argmax", "counting": "density", "classification": "softmax"}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -266,6 +267,9 @@ def _artifacts(bundle_dir: Path, manifest: dict) -> list[dict]:
         if art["file"] not in files:
             raise ToolchainError(f"bundle {bundle_dir}: artifact {art['file']!r} is not listed (checksummed) in "
                                  f"{MANIFEST}; refused: {_REBUILD}")
+        if art["variant"] not in VARIANTS:
+            raise ToolchainError(f"bundle {bundle_dir}: artifact {art['file']!r} has unknown variant "
+                                 f"{art['variant']!r} (expected slim or dense); {_REBUILD}")
         if art["kind"] not in ARTIFACT_KINDS:
             raise ToolchainError(f"bundle {bundle_dir}: artifact {art['file']!r} has unknown kind {art['kind']!r} "
                                  f"(expected one of {', '.join(ARTIFACT_KINDS)}); {_REBUILD}")
@@ -342,7 +346,10 @@ def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], models
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         raise ToolchainError(f"bundle {bundle_dir}: preprocessing.input_size {_short(size)} is not [H, W]; {_REBUILD}")
     deployed = manifest.get("deployed_variant", "slim")
-    variants_of: dict[str, set] = {f"{deployed}.onnx": {deployed}}
+    if deployed not in VARIANTS:
+        raise ToolchainError(f"bundle {bundle_dir}: deployed_variant {_short(deployed)} is not slim or dense; "
+                             f"{_REBUILD}")
+    variants_of: dict[str, set] = {f"{v}.onnx": {v} for v in VARIANTS}
     precisions_of: dict[str, set] = {}
     for art in artifacts:  # one file may be named by several artifacts: each claim is checked
         variants_of.setdefault(art["file"], set()).add(art["variant"])
@@ -375,8 +382,8 @@ def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], models
         if "name" in model_info and "model_name" in meta and model_info["name"] != meta["model_name"]:
             _fail(bundle_dir, name, "model.name", model_info["name"], meta["model_name"])
         for variant in sorted(variants_of.get(name, {deployed})):
-            want_plan = plan_hash if variant == deployed else "dense" if variant == "dense" else None
-            if want_plan is not None and meta.get("channel_plan_sha256", want_plan) != want_plan:
+            want_plan = plan_hash if variant == "slim" else "dense"
+            if meta.get("channel_plan_sha256", want_plan) != want_plan:
                 _fail(bundle_dir, name, f"variant {variant!r} (channel plan sha256)", want_plan[:16],
                       str(meta.get("channel_plan_sha256"))[:16])
         quantized = facts["quantized"]
