@@ -10,8 +10,9 @@ CONFIG ?= configs/demo.yaml
 DATA ?=
 CHECKPOINT ?=
 PROFILE ?=
+MODELOPT := nvidia-modelopt==0.47.0 torchprofile==0.0.4
 
-.PHONY: deploy test venv clean help
+.PHONY: deploy test venv clean help modelopt
 
 help:
 	@echo "make deploy [TARGET=cpu] [CONFIG=configs/demo.yaml] [DATA=path] [CHECKPOINT=dense.pt] [PROFILE=quick]"
@@ -21,10 +22,16 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,modelopt]'
+	$(BIN)/pip install -q --no-deps $(MODELOPT)
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The modelopt-fastnas peer (docs/MODELOPT.md) in an existing environment; `make venv` already includes it.
+modelopt:
+	$(BIN)/pip install -q -e '.[modelopt]'
+	$(BIN)/pip install -q --no-deps $(MODELOPT)
 
 deploy: $(STAMP)
 	$(BIN)/acsl deploy $(CONFIG) --target $(TARGET) \

@@ -34,7 +34,8 @@ if str(REPO) not in sys.path:
 
 from toolchain.config import config_from_dict, config_to_dict, deep_merge, load_config, parse_dotted_overrides  # noqa: E402
 from toolchain.errors import ToolchainError  # noqa: E402
-from toolchain.prune.methods import METHODS, SCRATCH_METHODS  # noqa: E402
+from toolchain.prune.methods import METHODS, PEER_METHODS, SCRATCH_METHODS  # noqa: E402
+from toolchain.prune.modelopt_peer import peer_fields, peer_notes  # noqa: E402  (imports modelopt lazily)
 from toolchain.prune.select import parse_budget  # noqa: E402
 from toolchain.utils.io import atomic_write_text, read_json, write_json  # noqa: E402
 
@@ -51,7 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="dense checkpoint (default: train one into <out_dir>/<name>/dense_best.pt)")
     p.add_argument("--budgets", help="comma-separated budgets (default per task: "
                    + "; ".join(f"{k}: {v}" for k, v in DEFAULT_BUDGETS.items()) + ")")
-    p.add_argument("--methods", default="all", help=f"comma-separated subset of {', '.join(list(METHODS) + list(SCRATCH_METHODS))}")
+    p.add_argument("--methods", default="all", help=f"comma-separated subset of {', '.join(list(METHODS) + list(PEER_METHODS) + list(SCRATCH_METHODS))}")
+    p.add_argument("--modelopt-divisor", type=int, metavar="N", help="channel multiple of modelopt-fastnas "
+                   "(default: ModelOpt's own, 32); docs/MODELOPT.md")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--dataset", help="dataset label of the result file (default: first word of the config name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -73,7 +76,7 @@ def load_cfg(args):
 
 
 def pick_methods(text: str) -> list[str]:
-    valid = list(METHODS) + list(SCRATCH_METHODS)
+    valid = list(METHODS) + list(PEER_METHODS) + list(SCRATCH_METHODS)
     if text == "all":
         return valid
     chosen = [m.strip() for m in text.split(",") if m.strip()]
@@ -123,16 +126,21 @@ def dense_entry(cfg, checkpoint: Path) -> dict:
             "metric_val": _val(model, cfg, "val"), "checkpoint": str(checkpoint)}
 
 
-def prune_entry(cfg, checkpoint: Path, method: str, budget: str) -> dict:
+def prune_entry(cfg, checkpoint: Path, method: str, budget: str, modelopt_divisor: int | None = None) -> dict:
     from toolchain.prune.pipeline import run_prune
 
     b = parse_budget(budget)
     out = cfg.run_dir() / "bench" / f"{method}_{b.tag()}{seed_suffix(cfg.prune.seed)}"
-    record = run_prune(cfg, checkpoint, method=method, budget=budget, out=out)
+    if method in PEER_METHODS:  # NVIDIA ModelOpt FastNAS: same recovery, metrics and record layout (docs/MODELOPT.md)
+        from toolchain.prune.modelopt_peer import run_modelopt_prune
+
+        record = run_modelopt_prune(cfg, checkpoint, budget=budget, out=out, divisor=modelopt_divisor)
+    else:
+        record = run_prune(cfg, checkpoint, method=method, budget=budget, out=out)
     sparsity = record["stages"]["sparsity"]
     diag = record.get("diagnostic") or {}
     gammas = diag.get("gammas") or {}
-    return {"params": record["after"]["params"], "macs": record["after"]["macs"], "metric": record["test"],
+    return peer_fields(record) | {"params": record["after"]["params"], "macs": record["after"]["macs"], "metric": record["test"],
             "metric_val": record["val"], "recover": record["recover"], "sparsity_epochs": record["sparsity_epochs"],
             "recover_epochs": record["recover_epochs"], "fraction_removed": record["fraction_removed"],
             "sparsity_reused": bool(sparsity and sparsity.get("reused")), "run_dir": str(out),
@@ -283,6 +291,7 @@ def write_table(result: dict, path: Path) -> None:
                       f"{timing['slimming']['mean_epoch_s']:.1f} s mean per epoch). The runs share the machine with "
                       "whatever else runs, so this ratio carries their load; `benchmarks/sparsity_overhead.py` measures "
                       "the regularisers interleaved on the same batches."]
+    lines += peer_notes(result)  # modelopt-fastnas: its channel multiple next to ours
     if result.get("notes"):
         lines += [""] + [f"Note: {n}" for n in result["notes"]]
     lines += ["", f"Command: `{result['command']}`"]
@@ -386,7 +395,7 @@ def main(argv=None) -> int:
                                 raise ToolchainError(f"scratch-uniform needs ACSL's result at {text}; run method acsl first")
                             entry = scratch_uniform_entry(cfg_s, text, acsl[0])
                         else:
-                            entry = prune_entry(cfg_s, checkpoint, method, text)
+                            entry = prune_entry(cfg_s, checkpoint, method, text, args.modelopt_divisor)
                     except ToolchainError as err:
                         entry = {"error": str(err)}
                         print(f"[compression] {method} {text} failed: {err}", file=sys.stderr)

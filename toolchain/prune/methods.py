@@ -29,6 +29,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 # Reference points of the compression benchmark (not pruning methods: trained from scratch).
 SCRATCH_METHODS = ("scratch-plan", "scratch-uniform")
 
+# Peers: other tools' pruning run through the same recovery and metrics (toolchain/prune/modelopt_peer.py).
+PEER_METHODS = ("modelopt-fastnas",)
+
 
 def get_method(name: str) -> Method:
     method = METHODS.get(str(name).strip().lower())
