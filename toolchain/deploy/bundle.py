@@ -417,7 +417,7 @@ def _check_graph_shapes(bundle_dir: Path, name: str, facts: dict, task: str, siz
     if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], [3, *size])):
         _fail(bundle_dir, name, "input shape", ["N", 3, *size], dims)
     out = facts["outputs"][0]
-    if task in ("segmentation", "classification") and len(out) >= 2 and out[1] not in (None, num_classes):
-        _fail(bundle_dir, name, "number of classes", num_classes, out[1])
-    if task == "counting" and len(out) >= 2 and out[1] not in (None, 1):
-        _fail(bundle_dir, name, "task", task, f"an output with {out[1]} channels")
+    if len(out) >= 2 and out[1] not in (None, num_classes):  # B x K (x H x W); counting: K density maps
+        _fail(bundle_dir, name, "number of classes", num_classes, f"{out[1]} output channels")
+    if out and len(out) != (2 if task == "classification" else 4):  # (no shape recorded: nothing to check)
+        _fail(bundle_dir, name, "task", task, f"an output of rank {len(out)}")
