@@ -279,3 +279,16 @@ def test_export_bad_opset_is_one_line_and_prints_no_graph(tiny_seg_config, tmp_p
     assert out == "" and "\n" not in str(failed.value) and len(str(failed.value)) < 400
     print("stdout works again")
     assert capfd.readouterr().out == "stdout works again\n"
+
+
+def test_sparsity_divergence_names_only_checkpoints_that_exist(tiny_seg_config, tmp_path):
+    """prune.sparsity.lam absurdly high diverges in the first epoch: no sparsity_last.pt to point at."""
+    from toolchain.prune.pipeline import run_prune
+
+    cfg = load_config(tiny_seg_config, overrides={"train": {"optimizer": "sgd"},
+                                                  "prune": {"sparsity": {"epochs": 1, "lam": 1e30}}})
+    dense = save_checkpoint(tmp_path / "dense.pt", build_from_config(cfg), cfg)
+    with pytest.raises(ToolchainError, match="diverged") as err:
+        run_prune(cfg, dense, method="slimming", budget="params=0.5")
+    assert "\n" not in str(err.value)
+    _paths_named_exist(str(err.value))

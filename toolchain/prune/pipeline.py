@@ -90,8 +90,10 @@ def sparsity_stage(cfg, model: nn.Module, method: Method, dense_sha256: str) -> 
                      stage="sparsity", resume=True)
     except (NonFiniteLoss, SparsityDiverged) as err:
         raise ToolchainError(
-            f"{method.name} sparsity learning diverged ({str(err).split(';')[0]}); the last good checkpoint is kept "
-            f"at {run_dir / 'sparsity_last.pt'}; lower prune.sparsity.lam (now {s.lam:g}) or prune.sparsity.lr") from None
+            f"{method.name} sparsity learning diverged ({str(err).split(';')[0]}); "
+            + (f"the last good checkpoint is kept at {run_dir / 'sparsity_last.pt'}; "
+               if (run_dir / "sparsity_last.pt").is_file() else "no sparsity checkpoint was written; ")
+            + f"lower prune.sparsity.lam (now {s.lam:g}) or prune.sparsity.lr") from None
     finally:
         regulariser.detach()
     record = {
@@ -204,7 +206,6 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
         val_after_sparsity=sparsity_record["val_after"] if sparsity_record else None, val_after_slim=slim_record["val"],
         histogram=histogram.name if histogram else None, sparsity=strengths or None)
     print(format_diagnostic(diagnostic, m.name), flush=True)
-
 
     t_rec = time.time()
     recovered, recover_record = recover(cfg, slim, plan, teacher, run_dir, recover_method)
