@@ -290,3 +290,34 @@ def test_prune_a_user_model_without_output_layers(project, tmp_path, capsys):
     model, _ = load_model(run / "slim.pt", cfg)
     assert model.classifier.out_channels == 3
     assert sum(p.numel() for p in model.parameters()) == record["after"]["params"]
+
+
+def test_model_identity_follows_the_class_file_not_the_path(project, tmp_path):
+    from toolchain.models.contract import model_identity
+
+    ident = model_identity(load_config(project))
+    (tmp_path / "wrapped").mkdir()
+    (tmp_path / "wrapped" / "net.py").write_text(WRAPPER)
+    assert model_identity(load_config(_config(tmp_path / "wrapped", "net.py:make_net"))) == ident
+    source = project.parent / "models" / "seg_model.py"
+    source.write_text(source.read_text().replace("mode=\"bilinear\"", "mode=\"nearest\""))
+    assert model_identity(load_config(project))["source_sha256"] != ident["source_sha256"]
+    zoo = load_config(_config(tmp_path, "segnet"))
+    assert model_identity(zoo) == zoo.model.model_dump(mode="json")  # zoo keys unchanged
+
+
+@pytest.mark.parametrize("name", ["segnet", "unet", "pspnet", "csrnet", "resnet20", "vgg16_cifar",
+                                  "mobilenetv2_lraspp"])
+def test_every_zoo_model_passes_its_own_contract(name):
+    from toolchain.models.contract import check_contract
+    from toolchain.models.registry import list_models, model_task
+
+    if name not in list_models():
+        pytest.skip(f"{name} is not in this zoo")
+    task = model_task(name)
+    classes = 1 if task == "counting" else 4
+    findings = check_contract(lambda: create_model(name, classes, width=0.125), task=task, input_size=(64, 64),
+                              num_classes=classes)
+    assert [f.line() for f in findings if f.level != "ok"] == []
+    assert [f.topic for f in findings] == ["build", "task", "input_multiple", "output_stride", "output",
+                                           "output_layers", "tracer", "surgery", "plan round-trip"]

@@ -34,6 +34,10 @@ class DeployResult:
 
 def _section(cfg, *names: str) -> dict:
     d = cfg.model_dump(mode="json")
+    if "model" in names:  # a user model is keyed by its architecture + class source, not its path (issue 9)
+        from toolchain.models.contract import model_identity
+
+        d["model"] = model_identity(cfg)
     return {n: d[n] for n in names}
 
 

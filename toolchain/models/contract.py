@@ -405,3 +405,32 @@ def check_contract(build, *, task: Optional[str] = None, input_size: tuple[int, 
     add("ok", "plan round-trip", "a fresh model shrunk by the channel plan loads the slim weights and computes the "
                                  "same output (how slim checkpoints are reloaded)")
     return findings
+
+
+def model_identity(cfg) -> dict:
+    """What a cached stage (deploy) should key the model on.
+
+    Zoo models: the config's `model` section, as before. User models (`file.py:factory`): the
+    architecture (class + state-dict shapes) and the sha256 of the file that defines the class, plus
+    width and kwargs, but not the path in `model.name`: moving the file or wrapping the same class in
+    another file keeps the identity, editing the class's file changes it.
+    """
+    import inspect
+
+    from toolchain.models.registry import build_from_config, is_user_spec
+
+    section = cfg.model.model_dump(mode="json")
+    if not is_user_spec(cfg.model.name):
+        return section
+    try:
+        with torch.device("meta"):
+            model = build_from_config(cfg)
+    except ToolchainError:
+        raise
+    except Exception:  # a factory that cannot build on the meta device: build it for real
+        model = build_from_config(cfg)
+    source = inspect.getsourcefile(type(model))
+    from toolchain.utils.io import sha256_file
+
+    return {"width": section["width"], "kwargs": section["kwargs"], "architecture": architecture_id(model),
+            "source_sha256": sha256_file(source) if source else None}
