@@ -56,7 +56,7 @@ def test_three_precisions_build_with_real_tensorrt_rtx(built):
         assert result.engine_built and result.artifact.name == "model.engine"
         side = json.loads((result.artifact.parent / "model.engine.json").read_text())
         assert side["tensorrt_flavour"] == "tensorrt-rtx" and side["tensorrt_version"] == trt.__version__
-        assert side["compute_capabilities"] == ["7.5", "8.6", "8.9", "12.0"] and side["strongly_typed"]
+        assert side["compute_capabilities"] == ["8.6", "8.9", "12.0"] and side["strongly_typed"]
         assert side["precision"] == result.record["precision"] == precision and side["layers"] > 10
         sizes[precision] = result.artifact.stat().st_size
     # a mislabelled precision (an FP32 network called fp16 / int8) fails here
@@ -96,7 +96,7 @@ def test_engine_refused_in_one_line_without_an_rtx_gpu(built):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the engine may run here")
-    with pytest.raises(ToolchainError, match="compute capability 7.5,8.6,8.9,12.0 .no GPU found here") as err:
+    with pytest.raises(ToolchainError, match="compute capability 8.6,8.9,12.0 .no GPU found here") as err:
         TrtRunner(built["fp32"].artifact).load()
     assert "\n" not in str(err.value)
     assert built["fp32"].record["engine_check"]["ran"] is False
@@ -160,3 +160,24 @@ def test_dynamic_batch_builds_with_the_target_profile(tmp_path):
     side = json.loads((tmp_path / "o" / "model.engine.json").read_text())
     assert result.engine_built and side["input_shapes"]["input"]["max"][0] == 4  # desktop-rtx batch max
     assert side["input_shapes"]["input"]["min"][0] == 1
+
+
+def test_builder_error_is_one_line_with_its_cause(tmp_path):
+    """A real upstream limit: TensorRT-RTX 1.7 cannot compile an FP32 GEMM for Turing (SM75)."""
+    from toolchain.build import build
+    from toolchain.config import validate_config
+    from toolchain.export import export_model
+    from toolchain.models import build_from_config
+
+    cfg = validate_config({"name": "c", "task": "classification", "model": {"name": "resnet20", "width": 0.25},
+                           "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 10, "max_images": 4},
+                           "out_dir": str(tmp_path / "runs")})
+    torch.manual_seed(0)
+    export_model(build_from_config(cfg).eval(), cfg, tmp_path / "r.onnx", real_images=0, log=None)
+    turing = tmp_path / "turing.yaml"
+    turing.write_text("name: turing\nbackend: tensorrt\ntensorrt_flavour: tensorrt-rtx\nprecisions: [fp32]\n"
+                      "tensorrt: {min: '1.7', max: '1.x'}\ncompute_capabilities: ['7.5']\n")
+    with pytest.raises(ToolchainError, match=r"could not build an engine from model.onnx: .*'/fc/Gemm' for Turing "
+                                             r"\(SM75\): FP32 GEMM is not supported") as err:
+        build(cfg, tmp_path / "r.onnx", str(turing), "fp32", tmp_path / "o", log=lambda s: None)
+    assert "\n" not in str(err.value) and ".cpp" not in str(err.value)

@@ -54,6 +54,39 @@ def _one_line_cause(desc: str) -> str:
     return re.sub(r"\.?\s*In \w+ at \S+?(?=\)|$)", "", cause).rstrip(" .") or "unknown cause"
 
 
+def clean_message(msg: str) -> str:
+    """One line from a TensorRT log message: no source locations, no internal pass names."""
+    line = _one_line_cause(msg)
+    line = re.sub(r"\[[\w.]+\.cpp:\d+:?[^\]]*\]\s*", "", line)
+    return re.sub(r"\(\s+", "(", line)
+
+
+def capture_logger(trt):
+    """A TensorRT logger that keeps error messages (for one-line errors) and prints warnings; the
+    'CUDA driver version is insufficient' error of a GPU-less TensorRT-RTX build is dropped."""
+    import sys
+
+    base = getattr(trt, "ILogger", None)
+    if base is None or not hasattr(base, "Severity"):
+        return trt.Logger(trt.Logger.WARNING)
+    sev = base.Severity
+
+    class _Capture(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:
+            if "CUDA driver version is insufficient" in msg or "cudaError 35" in msg:
+                return
+            if severity in (sev.INTERNAL_ERROR, sev.ERROR):
+                self.errors.append(msg)
+            elif severity == sev.WARNING:
+                print(f"[TensorRT] warning: {msg}", file=sys.stderr)
+
+    return _Capture()
+
+
 def parser_errors(parser) -> str:
     """All parser errors, each as "node 'NAME' (OP): cause", on one line."""
     parts = []
@@ -122,7 +155,7 @@ def _configure(trt, builder, network, req: EngineRequest, caps, plan: dict):
 
 def parse_onnx(trt, onnx_path: Path, strongly_typed: bool, logger=None):
     """(builder, network, parser) with `onnx_path` parsed; a parse failure is a one-line ToolchainError."""
-    logger = logger or trt.Logger(trt.Logger.ERROR)
+    logger = logger or capture_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, strongly_typed=strongly_typed))
     parser = trt.OnnxParser(network, logger)
@@ -138,7 +171,7 @@ def build_engine(req: EngineRequest, log=print) -> dict:
     trt = import_tensorrt("building a TensorRT engine", flavour=req.flavour)
     caps = capabilities(trt)
     plan = caps.precision_plan(req.precision)
-    logger = trt.Logger(trt.Logger.ERROR if caps.flavour == "tensorrt-rtx" else trt.Logger.WARNING)
+    logger = capture_logger(trt)
     builder, network, _parser = parse_onnx(trt, req.onnx_path, plan["strongly_typed"], logger)
     _check_dla(trt, builder, req, caps)
     config = _configure(trt, builder, network, req, caps, plan)
@@ -147,8 +180,11 @@ def build_engine(req: EngineRequest, log=print) -> dict:
         f"{', DLA core ' + str(req.dla_core) if req.dla_core is not None else ''}) from {req.onnx_path.name} ...")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ToolchainError(f"TensorRT failed to build an engine from {req.onnx_path.name} (see the builder log "
-                             "above; on Orin Nano try a smaller workspace_mib or tighter shape ranges)")
+        errors = [clean_message(m) for m in getattr(logger, "errors", [])]
+        cause = errors[-1] if errors else ("see the builder log above; on Orin Nano try a smaller workspace_mib or "
+                                           "tighter shape ranges")
+        raise ToolchainError(f"{caps.flavour} {caps.version} could not build an engine from {req.onnx_path.name}: "
+                             f"{cause}")
     atomic_write_bytes(req.engine_path, bytes(serialized))
     if caps.timing_cache and req.timing_cache is not None:
         atomic_write_bytes(req.timing_cache, bytes(config.get_timing_cache().serialize()))
