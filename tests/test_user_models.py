@@ -321,3 +321,27 @@ def test_every_zoo_model_passes_its_own_contract(name):
     assert [f.line() for f in findings if f.level != "ok"] == []
     assert [f.topic for f in findings] == ["build", "task", "input_multiple", "output_stride", "output",
                                            "output_layers", "tracer", "surgery", "plan round-trip"]
+
+
+@pytest.mark.slow
+def test_deploy_a_user_model_named_with_a_folder_and_load_the_bundle(project, tmp_path):
+    """The bundle records the model as `seg_model.py:build` in the manifest and the ONNX alike, so the
+    loader's cross-check passes; the model file's folder is in no bundle file."""
+    import numpy as np
+
+    from toolchain.deploy.pipeline import run_deploy
+    from toolchain.runtime import load
+
+    cfg = load_config(project, overrides={
+        "deploy": {"out_dir": str(tmp_path / "deploy"), "eval_images": 4},
+        "data": {"max_images": 8}, "prune": {"recover": {"epochs": 1}}, "quantize": {"calib_images": 4, "gate": 0.01}})
+    result = run_deploy(cfg, "cpu", runs=3, warmup_s=0.0, log=lambda *_: None)
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "seg_model.py:build"
+    for path in result.bundle.rglob("*"):  # the model file's folder is in no bundle file
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"models/seg_model.py" not in data and str(project.parent / "models").encode() not in data, path
+    model = load(result.bundle)
+    out = model(np.zeros((32, 32, 3), dtype=np.uint8))
+    assert out is not None

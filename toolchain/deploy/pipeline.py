@@ -18,6 +18,7 @@ from toolchain.deploy import adapters, stages
 from toolchain.deploy.bundle import write_bundle
 from toolchain.deploy.cache import StageCache, StageRecord, code_version
 from toolchain.errors import ToolchainError
+from toolchain.models.registry import display_name
 from toolchain.utils.io import atomic_path, read_json, sha256_json, write_json
 
 VARIANTS = ("dense", "slim")
@@ -232,7 +233,7 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
                         f"`make deploy TARGET={target.name}` (or build_engine.sh in this bundle). "
                         "Rows marked 'host reference' were measured on this machine; roofline numbers are estimates.")
     report = new_report(
-        experiment={"name": cfg.name, "task": cfg.task, "model": cfg.model.name, "width": cfg.model.width,
+        experiment={"name": cfg.name, "task": cfg.task, "model": display_name(cfg.model.name), "width": cfg.model.width,
                     "config_sha256": sha256_json(cfg.model_dump(mode="json", exclude={"source", "profile"}))},
         target={"name": target.name, "description": target.description, "backend": target.backend},
         machine=here, on_target_device=on_target, provenance={"git_commit": git_commit(), "versions": versions()},
@@ -298,6 +299,12 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
             bname = _bundle_name(name, artifact)
             files[bname] = artifact
             artifacts.append({"file": bname, "kind": row["kind"], "variant": variant, "precision": precision})
+            if row["kind"] == "tensorrt-engine":  # the ONNX it was built from: ONNX Runtime's fallback, same precision
+                source = (row.get("record") or {}).get("engine_onnx")
+                key = f"{name}/{source}"
+                fallback = key if key in done["build"].artifacts else (f"{variant}.onnx" if precision == "fp32" else None)
+                if fallback:
+                    artifacts.append({"file": fallback, "kind": "onnx", "variant": variant, "precision": precision})
         for extra in row.get("extra_files", []):
             key = f"{name}/{extra}"
             if key in done["build"].artifacts:
@@ -313,7 +320,7 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
                 "classification": "softmax over B x K logits -> top-k classes"}[cfg.task]
     h, w = cfg.data.input_size
     manifest = {
-        "model": {"name": cfg.model.name, "width": cfg.model.width, "experiment": cfg.name},
+        "model": {"name": display_name(cfg.model.name), "width": cfg.model.width, "experiment": cfg.name},
         "task": cfg.task,
         "classes": list(cfg.data.class_names) or [str(i) for i in range(cfg.data.num_classes)],
         "input": {"name": "input", "shape": [1, 3, h, w], "layout": "NCHW", "dtype": "float32", "color": "RGB"},
@@ -325,8 +332,7 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
         "artifacts": artifacts,
         "device_builds": device_builds,
         "channel_plan": slim_ckpt.get("channel_plan"),
-        "versions": versions(), "git_commit": git_commit(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(), "git_commit": git_commit(),  # no timestamp: same inputs, same manifest
     }
     return manifest, files
 
@@ -349,7 +355,11 @@ def _bundle_stage(cfg, target, done, onnx, bundle_dir: Path, log) -> Path:
     manifest["stage_key"] = key
 
     # write_report puts report.json/.md/.html and the PNGs next to the path it is given
-    writers = {"report.json": lambda path: write_report(report, path.parent)}
-    write_bundle(bundle_dir, files, manifest, writers)
+    # (measured, so run-dependent: listed in measurements.json, not in the manifest)
+    from toolchain.utils.provenance import machine
+
+    measurements = {"report.json": lambda path: write_report(report, path.parent)}
+    write_bundle(bundle_dir, files, manifest, measurements=measurements,
+                 measured={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()})
     log(f"[{time.strftime('%H:%M:%S')}] bundle: finished ({len(files)} model files + reports + manifest)")
     return bundle_dir
