@@ -120,3 +120,47 @@ def test_plan_for_another_width_is_refused():
 
 def test_all_methods_registered():
     assert set(METHODS) == {"acsl", "cap", "slimming", "bn-scale", "l1", "fpgm", "depgraph", "random"}
+
+
+def test_round_to_target_reads_the_targets_channel_multiple(tmp_path):
+    from toolchain.prune.select import resolve_round_to
+    from toolchain.targets import load_target
+
+    assert resolve_round_to(8)[0] == 8 and resolve_round_to(8)[1]["source"] == "config"
+    cpu = load_target("cpu")
+    assert cpu.channel_multiple, "targets/cpu.yaml must give a channel multiple"
+    multiple, record = resolve_round_to("target", "cpu")
+    assert multiple == cpu.channel_multiple[cpu.default_precision] and record["precision"] == cpu.default_precision
+    gpu = load_target("jetson-orin-nx-16gb")
+    assert resolve_round_to("target:int8", gpu.name)[0] == gpu.channel_multiple["int8"]
+    assert resolve_round_to("target", gpu.name)[0] == gpu.channel_multiple[gpu.default_precision]
+    assert gpu.channel_multiple["int8"] > 1 and gpu.channel_multiple["fp16"] > 1
+    with pytest.raises(ToolchainError, match="does not support fp16"):
+        resolve_round_to("target:fp16", "cpu")
+    with pytest.raises(ToolchainError, match="deploy.target"):
+        resolve_round_to("target", None)
+    with pytest.raises(ToolchainError, match="round_to"):
+        resolve_round_to("nchwc", "cpu")
+    bad = tmp_path / "board.yaml"
+    bad.write_text("name: board\nbackend: onnxruntime\nprecisions: [fp32]\nchannel_multiple: {fp32: 0}\n")
+    with pytest.raises(ToolchainError, match="channel_multiple"):
+        load_target(bad)
+    bad.write_text("name: board\nbackend: onnxruntime\nprecisions: [fp32]\nchannel_multiple: {fp8: 4}\n")
+    with pytest.raises(ToolchainError, match="channel_multiple"):
+        load_target(bad)
+
+
+def test_selection_rounded_to_the_target_multiple_keeps_multiples():
+    from toolchain.prune.select import resolve_round_to
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_lraspp", 3, width=0.5)
+    graph = build_pruning_graph(model, (32, 32))
+    multiple, _ = resolve_round_to("target:int8", "jetson-orin-nx-16gb")
+    saliency = channel_saliency("random", graph)
+    plain = select_channels(graph, saliency, parse_budget("params=0.5"), CostModel(graph).params, min_channels=1)
+    rounded = select_channels(graph, saliency, parse_budget("params=0.5"), CostModel(graph).params, min_channels=1,
+                              round_to=multiple)
+    assert any(k % multiple for k, g in zip(plain.kept, graph.groups) if k < g.size)  # unrounded: odd widths
+    assert all(k % multiple == 0 or k == g.size for k, g in zip(rounded.kept, graph.groups))
+    assert rounded.fraction_removed >= 0.5 - 1e-9

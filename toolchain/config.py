@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import PositiveInt
 
 from toolchain.errors import ToolchainError
 
@@ -107,7 +108,9 @@ class PruneConfig(_Strict):
     budget: str = Field("params=0.5", description="params=F or flops=F: fraction removed")
     min_channels: int = Field(8, ge=1)
     min_fraction: float = Field(0.1, ge=0, le=1)
-    round_to: int = Field(1, ge=1, description="round kept widths to a multiple (8 for GPU targets)")
+    round_to: PositiveInt | Literal["target", "target:fp32", "target:fp16", "target:int8"] = Field(
+        1, description="round kept widths to a multiple; 'target' (or 'target:int8'): the channel_multiple of "
+        "deploy.target for its default (or the named) precision")
     group_reduction: Literal["mean", "max", "sum"] = Field(
         "mean", description="gamma saliency over a group's BNs: mean|max of per-BN-normalised |gamma|, "
         "or sum of raw |gamma| (before issue 11; never prunes multi-BN groups)")

@@ -121,7 +121,7 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     from toolchain.models.contract import output_layer_names
     from toolchain.prune.groups import build_pruning_graph
     from toolchain.prune.importance import channel_saliency
-    from toolchain.prune.select import CostModel, select_channels
+    from toolchain.prune.select import CostModel, resolve_round_to, select_channels
     from toolchain.prune.surgery import prune_model
 
     p = cfg.prune
@@ -129,8 +129,9 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     graph = build_pruning_graph(model, tuple(cfg.data.input_size))
     cost = CostModel(graph)
     saliency = channel_saliency(method.saliency, graph, seed=p.seed, group_reduction=p.group_reduction)
+    round_to, round_record = resolve_round_to(p.round_to, cfg.deploy.target)
     selection = select_channels(graph, saliency, budget, cost.cost_fn(budget.kind), min_channels=p.min_channels,
-                                min_fraction=p.min_fraction, round_to=p.round_to)
+                                min_fraction=p.min_fraction, round_to=round_to)
     select_record = {
         "stage": "select", "method": method.name, "saliency": method.saliency, "budget": budget.as_dict(),
         "group_reduction": p.group_reduction if method.saliency == "bn-scale" else None,
@@ -138,7 +139,8 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
         "groups": [{"root": g.root, "channels": g.size, "kept": k, "bns": [s.name for s in g.bns]}
                    for g, k in zip(graph.groups, selection.kept)],
         "estimated_fraction_removed": selection.fraction_removed, "min_channels": p.min_channels,
-        "min_fraction": p.min_fraction, "round_to": p.round_to, "wall_s": round(time.time() - t0, 2),
+        "min_fraction": p.min_fraction, "round_to": round_to, "round_to_source": round_record["source"],
+        "wall_s": round(time.time() - t0, 2),
     }
     t1 = time.time()
     slim, plan, error = prune_model(graph, selection.removed, verify=True)

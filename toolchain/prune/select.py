@@ -5,7 +5,9 @@ Selection takes *any* cost function of the kept width of every group (`cost(kept
 latency model per group (targets issue) plugs in beside the exact parameter / MAC counts of
 `CostModel`. Every channel of every group gets a saliency; channels are removed lowest-first
 globally until the cost meets the budget, keeping at least max(min_channels, min_fraction * C)
-channels per group and rounding kept widths up to a multiple of `round_to`.
+channels per group and rounding kept widths up to a multiple of `round_to`
+(`resolve_round_to`: an integer, or the deployment target's `channel_multiple` for a precision, the
+kernels' vector / tensor-core width: NCHWc block on ONNX Runtime CPU, HWC8 / CHW32 on TensorRT).
 """
 from __future__ import annotations
 
@@ -125,6 +127,34 @@ class CostModel:
         if kind == "flops":
             return self.macs
         raise ToolchainError(f"unknown budget kind '{kind}' (valid: {', '.join(BUDGET_KINDS)})")
+
+
+ROUND_TO_TARGET = "target"
+
+
+def resolve_round_to(round_to, target: str | None = None, precision: str | None = None) -> tuple[int, dict]:
+    """`prune.round_to` -> (multiple, record). An int is used as is; `target` or `target:PRECISION` reads
+    `channel_multiple[precision]` of the deployment target (`deploy.target`; precision: the target's
+    default precision unless named), 1 when the target lists none for that precision."""
+    if isinstance(round_to, int) and not isinstance(round_to, bool):
+        if round_to < 1:
+            raise ToolchainError(f"prune.round_to must be >= 1, got {round_to}")
+        return round_to, {"round_to": round_to, "source": "config"}
+    text = str(round_to).strip()
+    head, _, named = text.partition(":")
+    if head != ROUND_TO_TARGET:
+        raise ToolchainError(f"prune.round_to '{round_to}' is not valid; write an integer (e.g. 8), 'target' or "
+                             "'target:fp16' (the deployment target's channel_multiple)")
+    if not target:
+        raise ToolchainError("prune.round_to: target needs a deployment target; set deploy.target (e.g. cpu)")
+    from toolchain.targets import load_target
+
+    t = load_target(target)
+    precision = named or precision or t.default_precision
+    t.require_precision(precision)
+    multiple = int(t.channel_multiple.get(precision, 1))
+    return multiple, {"round_to": multiple, "source": f"target {t.name} {precision}", "target": t.name,
+                      "precision": precision}
 
 
 def _spatial_sizes(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
