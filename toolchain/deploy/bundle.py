@@ -35,7 +35,11 @@ from toolchain.utils.io import _json_default, sha256_file
 BUNDLE_FORMAT = "acsl-bundle/1"
 MANIFEST = "manifest.json"
 MANIFEST_SHA256 = "manifest.sha256"
-RESERVED = (MANIFEST, MANIFEST_SHA256)
+# Measurements (latency reports, plots) vary from run to run by nature: they are listed, with their
+# sha256, in measurements.json, not in the manifest, so the same inputs give the same manifest
+# (and the same manifest.sha256 to pin) on every deploy.
+MEASUREMENTS = "measurements.json"
+RESERVED = (MANIFEST, MANIFEST_SHA256, MEASUREMENTS)
 ARTIFACT_KINDS = ("onnx", "tensorrt-engine")
 VARIANTS = ("slim", "dense")  # slim: the manifest's channel_plan applied; dense: no plan
 DECODING_WORD = {"segmentation": "argmax", "counting": "density", "classification": "softmax"}
@@ -74,14 +78,19 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 
 def write_bundle(dest, files: dict[str, Path], manifest: dict,
-                 writers: Optional[dict[str, Callable[[Path], None]]] = None) -> Path:
+                 writers: Optional[dict[str, Callable[[Path], None]]] = None,
+                 measurements: Optional[dict[str, Callable[[Path], None]]] = None,
+                 measured: Optional[dict] = None) -> Path:
     """Assemble a bundle at `dest` atomically.
 
     `files` maps bundle-relative names to source files (copied); `writers` maps names to callables
-    that write that file given its path (reports, scripts). Every file's sha256 goes into
+    that write that file given its path (scripts). Every such file's sha256 goes into
     `manifest["files"]`; every `manifest["artifacts"][i]["file"]` must be one of those files. The
-    manifest and its own sha256 (`manifest.sha256`) are written last and the folder renamed over
-    `dest`.
+    manifest must be deterministic (no timestamps, no host facts): the same inputs give the same bytes.
+    `measurements` are writers of run-dependent files (reports, plots): everything they write goes
+    into `measurements.json` (sha256 per file, plus the `measured` dict: when and where), never into
+    the manifest. The manifest and its own sha256 (`manifest.sha256`) are written last and the
+    folder renamed over `dest`.
     """
     dest = Path(dest)
     names = [_safe_name(n) for n in list(files) + list(writers or {})]
@@ -103,6 +112,15 @@ def write_bundle(dest, files: dict[str, Path], manifest: dict,
         listed = sorted(p for p in tmp.rglob("*") if p.is_file() and not p.is_symlink())
         manifest = {**manifest, "format": BUNDLE_FORMAT,
                     "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in listed}}
+        if measurements:
+            for name, write in measurements.items():
+                target = tmp / _safe_name(name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write(target)
+            extra = sorted(p for p in tmp.rglob("*") if p.is_file() and not p.is_symlink()
+                           and p.relative_to(tmp).as_posix() not in manifest["files"])
+            record = {**(measured or {}), "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in extra}}
+            _write_synced(tmp / MEASUREMENTS, manifest_bytes(record))
         data = manifest_bytes(manifest)
         _write_synced(tmp / MANIFEST, data)
         _write_synced(tmp / MANIFEST_SHA256, f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}\n".encode())

@@ -299,6 +299,12 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
             bname = _bundle_name(name, artifact)
             files[bname] = artifact
             artifacts.append({"file": bname, "kind": row["kind"], "variant": variant, "precision": precision})
+            if row["kind"] == "tensorrt-engine":  # the ONNX it was built from: ONNX Runtime's fallback, same precision
+                source = (row.get("record") or {}).get("engine_onnx")
+                key = f"{name}/{source}"
+                fallback = key if key in done["build"].artifacts else (f"{variant}.onnx" if precision == "fp32" else None)
+                if fallback:
+                    artifacts.append({"file": fallback, "kind": "onnx", "variant": variant, "precision": precision})
         for extra in row.get("extra_files", []):
             key = f"{name}/{extra}"
             if key in done["build"].artifacts:
@@ -326,8 +332,7 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
         "artifacts": artifacts,
         "device_builds": device_builds,
         "channel_plan": slim_ckpt.get("channel_plan"),
-        "versions": versions(), "git_commit": git_commit(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(), "git_commit": git_commit(),  # no timestamp: same inputs, same manifest
     }
     return manifest, files
 
@@ -350,7 +355,11 @@ def _bundle_stage(cfg, target, done, onnx, bundle_dir: Path, log) -> Path:
     manifest["stage_key"] = key
 
     # write_report puts report.json/.md/.html and the PNGs next to the path it is given
-    writers = {"report.json": lambda path: write_report(report, path.parent)}
-    write_bundle(bundle_dir, files, manifest, writers)
+    # (measured, so run-dependent: listed in measurements.json, not in the manifest)
+    from toolchain.utils.provenance import machine
+
+    measurements = {"report.json": lambda path: write_report(report, path.parent)}
+    write_bundle(bundle_dir, files, manifest, measurements=measurements,
+                 measured={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()})
     log(f"[{time.strftime('%H:%M:%S')}] bundle: finished ({len(files)} model files + reports + manifest)")
     return bundle_dir
