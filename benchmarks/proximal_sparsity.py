@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--subgradient-lams", default="", help="lambdas for mode subgradient (default: the config's lam)")
     p.add_argument("--proximal-lams", default="", help="lambdas for mode proximal (default: the config's lam)")
     p.add_argument("--no-floor-lams", default="", help="lambdas for mode proximal with keep_floor off (default: none)")
+    p.add_argument("--gamma-only-lams", default="", help="lambdas for mode proximal with with_beta off (default: none)")
     p.add_argument("--budget", help="default: prune.budget of the config")
     p.add_argument("--exp", help="label of the result files (default: the config's name)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
@@ -48,17 +49,20 @@ def _lams(text: str, default: float) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()] or [default]
 
 
-def one_run(cfg, checkpoint: Path, method: str, mode: str, lam: float, budget: str, floor: bool = True) -> dict:
+def one_run(cfg, checkpoint: Path, method: str, mode: str, lam: float, budget: str, floor: bool = True,
+            beta: bool = True) -> dict:
     from toolchain.prune.pipeline import run_prune
 
     cfg_r = config_from_dict(deep_merge(config_to_dict(cfg), {"prune": {"sparsity": {
-        "lam": lam, "mode": mode, "keep_floor": floor}}}))
-    out = cfg.run_dir() / "proximal_sparsity" / f"{method}_{mode}_lam{lam:g}{'' if floor else '_nofloor'}"
+        "lam": lam, "mode": mode, "keep_floor": floor, "with_beta": beta}}}))
+    out = (cfg.run_dir() / "proximal_sparsity"
+           / f"{method}_{mode}_lam{lam:g}{'' if floor else '_nofloor'}{'' if beta else '_gammaonly'}")
     t0 = time.time()
     record = run_prune(cfg_r, checkpoint, method=method, budget=budget, out=out)
     d = record["diagnostic"]
     strengths = (record["stages"]["sparsity"] or {}).get("strengths") or {}
     return {"method": method, "mode": mode, "lam": lam, "keep_floor": floor and mode == "proximal",
+            "with_beta": beta and mode == "proximal",
             "budget": record["budget"], "layers_all_zero": d["gammas"]["layers_all_zero"],
             "frac_exact_zero": d["gammas"]["frac_exact_zero"], "frac_below_1pct_of_max": d["gammas"]["frac_below_rel"],
             "median_abs_gamma": d["gammas"].get("median_abs"), "n_gammas": d["gammas"]["n"],
@@ -76,7 +80,10 @@ def _f(v, fmt=".3f") -> str:
 
 
 def _mode(r: dict) -> str:
-    return r["mode"] + ("" if r["mode"] != "proximal" or r.get("keep_floor", True) else " (no floor)")
+    if r["mode"] != "proximal":
+        return r["mode"]
+    notes = ([] if r.get("keep_floor", True) else ["no floor"]) + ([] if r.get("with_beta", True) else ["gamma only"])
+    return r["mode"] + (f" ({', '.join(notes)})" if notes else " (gamma, beta)")
 
 
 def write_table(result: dict, path: Path) -> None:
@@ -137,21 +144,23 @@ def main(argv=None) -> int:
                        "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/proximal_sparsity.py"]
                                            + list(sys.argv[1:] if argv is None else argv))})
         lam0 = cfg.prune.sparsity.lam
-        plan = [(m, "subgradient", lam, False) for m in methods for lam in _lams(args.subgradient_lams, lam0)]
-        plan += [(m, "proximal", lam, True) for m in methods for lam in _lams(args.proximal_lams, lam0)]
-        plan += [(m, "proximal", float(v), False) for m in methods for v in args.no_floor_lams.split(",") if v.strip()]
-        for method, mode, lam, floor in plan:
-            same = lambda r: (r["method"], r["mode"], r["lam"], r.get("keep_floor", False)) == (  # noqa: E731
-                method, mode, lam, floor)
+        extra = lambda text: [float(v) for v in text.split(",") if v.strip()]  # noqa: E731
+        plan = [(m, "subgradient", lam, False, False) for m in methods for lam in _lams(args.subgradient_lams, lam0)]
+        plan += [(m, "proximal", lam, True, True) for m in methods for lam in _lams(args.proximal_lams, lam0)]
+        plan += [(m, "proximal", lam, False, True) for m in methods for lam in extra(args.no_floor_lams)]
+        plan += [(m, "proximal", lam, True, False) for m in methods for lam in extra(args.gamma_only_lams)]
+        for method, mode, lam, floor, beta in plan:
+            same = lambda r: (r["method"], r["mode"], r["lam"], r.get("keep_floor", False),  # noqa: E731
+                              r.get("with_beta", False)) == (method, mode, lam, floor, beta)
             if any(same(r) and not r.get("error") for r in result["runs"]):
                 continue
             result["runs"] = [r for r in result["runs"] if not same(r)]
-            print(f"[proximal_sparsity] {method} {mode} lam {lam:g}{'' if floor or mode != 'proximal' else ' no floor'}",
-                  flush=True)
+            print(f"[proximal_sparsity] {method} {mode} lam {lam:g} floor {floor} beta {beta}", flush=True)
             try:
-                row = one_run(cfg, checkpoint, method, mode, lam, budget, floor)
+                row = one_run(cfg, checkpoint, method, mode, lam, budget, floor, beta)
             except ToolchainError as err:
-                row = {"method": method, "mode": mode, "lam": lam, "keep_floor": floor, "error": str(err)}
+                row = {"method": method, "mode": mode, "lam": lam, "keep_floor": floor, "with_beta": beta,
+                       "error": str(err)}
             result["runs"].append(row)
             write_json(json_path, result)
             write_table(result, json_path.with_suffix(".md"))

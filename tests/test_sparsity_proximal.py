@@ -259,3 +259,29 @@ def test_keep_floor_spares_the_channels_selection_keeps():
     off = make_regulariser("slimming", graph, SparsityConfig(lam=1e3, keep_floor=False), prune_cfg=prune)
     with pytest.raises(SparsityDiverged, match="no longer depends on its input"):
         off.after_step(model, 2, 0.01)
+
+
+def test_pair_step_zeroes_gamma_and_beta_together_so_removal_is_lossless():
+    """with_beta: (gamma, beta) scaled by max(1 - t / ||(gamma, beta)||, 0); a channel with gamma 0 but beta 2 is not
+    zeroed by a threshold below 2, and a zeroed pair contributes nothing: the layer's output equals the output with
+    that channel's weights removed."""
+    from toolchain.prune.sparsity import shrink_pair
+
+    gamma = torch.tensor([3.0, 0.0, 0.3, 1.0])
+    beta = torch.tensor([4.0, 2.0, 0.4, 0.0])
+    shrink_pair(gamma, beta, torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert torch.allclose(gamma, torch.tensor([2.4, 0.0, 0.0, 1.0])) and torch.allclose(beta, torch.tensor([3.2, 1.0, 0.0, 0.0]))
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)).eval()
+    with torch.no_grad():
+        block[1].weight.copy_(torch.tensor([1.0, 0.0, 1.0, 1.0]))
+        block[1].bias.copy_(torch.tensor([0.5, 0.7, -0.2, 0.1]))  # channel 1: gamma 0, beta 0.7
+        x = torch.randn(2, 3, 8, 8)
+        gamma_only = block(x)
+        block[3].weight[:, 1] = 0  # removing channel 1 (its weights in the next conv)
+        assert not torch.allclose(block(x), gamma_only)  # gamma 0 alone: the channel still fed beta forward
+        block[3].weight.copy_(torch.randn_like(block[3].weight))
+        shrink_pair(block[1].weight, block[1].bias, torch.tensor([0.0, 1.0, 0.0, 0.0]))
+        kept = block(x)
+        block[3].weight[:, 1] = 0
+        assert torch.equal(block(x), kept)

@@ -20,6 +20,11 @@ def test_worst_index_and_per_precision_tolerance():
     assert not diff.passed and diff.worst_index == [1, 2, 3] and diff.violations == 1
     assert diff.worst_values == pytest.approx([float(got[1, 2, 3]), float(ref[1, 2, 3])])
     assert "index (1, 2, 3)" in diff.format()
+    outlier = ref.copy()
+    outlier[0, 1, 2] += 0.002
+    assert not compare_arrays("y", outlier, ref, "fp32").passed
+    assert compare_arrays("y", outlier, ref, "fp32", error_stat="mean").passed  # one outlier: the mean is fine
+    assert not compare_arrays("y", outlier + 0.01, ref, "fp32", error_stat="mean").passed
     got[0, 0, 0] = np.nan
     assert not compare_arrays("y", got, ref, "int8").passed
     with pytest.raises(ToolchainError, match="shape"):

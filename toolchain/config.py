@@ -92,6 +92,8 @@ class SparsityConfig(_Strict):
         "step (docs/SPARSITY.md); subgradient: lambda_c sign(gamma) added to the gradient (washed out by Adam)")
     keep_floor: bool = Field(True, description="proximal: never shrink the max(min_channels, min_fraction x C) largest "
                              "gammas of a layer (selection keeps them anyway), so no layer is zeroed whole")
+    with_beta: bool = Field(True, description="proximal: shrink (gamma, beta) of a channel together (group soft-threshold), "
+                            "so a zeroed channel outputs exactly 0 and removing it is lossless; false: gamma only")
 
 
 class RecoverConfig(_Strict):

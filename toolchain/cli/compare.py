@@ -22,6 +22,8 @@ def register(sub) -> None:
                    help="tolerance set (default: A's precision from its sidecar or name, else fp32)")
     p.add_argument("--atol", type=float, help="absolute tolerance as a fraction of max |reference| (overrides)")
     p.add_argument("--rtol", type=float, help="element-wise relative tolerance (overrides)")
+    p.add_argument("--error-stat", choices=["elementwise", "mean"], default="elementwise",
+                   help="elementwise: every element within tolerance (default); mean: the mean error")
     p.add_argument("--shape", help="input shape NxCxHxW when neither model fixes it, e.g. 1x3x96x128")
     p.add_argument("--inputs", type=int, default=2, help="random inputs to compare on (default 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -130,7 +132,7 @@ def run(args) -> int:
             r.close()
     cand = {k: np.concatenate([g[0][k] for g in got]) for k in got[0][0]}
     ref = {k: np.concatenate([g[1][k] for g in got]) for k in got[0][1]}
-    result = compare_outputs(cand, ref, precision, args.atol, args.rtol)
+    result = compare_outputs(cand, ref, precision, args.atol, args.rtol, args.error_stat)
     result.inputs = len(feeds)
     print(f"compare {a.name} ({kinds[0]}) vs {b.name} ({kinds[1]}) on {len(feeds)} random input(s) {shape}, "
           f"{precision} tolerance:")

@@ -7,7 +7,11 @@ Two ways to apply a gamma method's per-channel strength lambda_c (`prune.sparsit
   the penalty, so Adam/AdamW cannot normalise it away, and gammas reach exact zeros. With
   `prune.sparsity.keep_floor` (default) the largest max(min_channels, ceil(min_fraction x C)) gammas of
   each layer - the channels selection keeps in any case - are not shrunk, so no layer is zeroed whole
-  (a zeroed layer cuts a chain network: its output no longer depends on the input).
+  (a zeroed layer cuts a chain network: its output no longer depends on the input). With
+  `prune.sparsity.with_beta` (default) the step shrinks the pair (gamma_c, beta_c) together: the proximal
+  operator of lr_t * lambda_c * ||(gamma_c, beta_c)||_2, (gamma, beta) <- (gamma, beta) * max(1 - lr_t *
+  lambda_c / ||(gamma, beta)||, 0). A channel whose gamma alone is zero still outputs its constant beta,
+  and removing it changes the network; a zeroed pair outputs exactly 0 and removing it is lossless.
 - `subgradient` (the old behaviour, kept for the record): lambda_c * sign(gamma) added to gamma.grad after
   `loss.backward()` (`after_backward(model, step)`). Under Adam/AdamW the update is normalised per
   parameter, so a gamma moves about lr per step whatever lambda_c is.
@@ -105,6 +109,16 @@ def soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Te
     return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0)
 
 
+@torch.no_grad()
+def shrink_pair(gamma: torch.Tensor, beta: torch.Tensor, threshold: torch.Tensor) -> None:
+    """In place: the proximal operator of threshold * ||(gamma_c, beta_c)||_2 per channel (group soft-threshold):
+    both scaled by max(1 - threshold / norm, 0), so they reach exactly zero together."""
+    norm = torch.sqrt(gamma * gamma + beta * beta)
+    scale = torch.clamp(1 - threshold / norm.clamp_min(EPS), min=0)
+    gamma.mul_(scale)
+    beta.mul_(scale)
+
+
 def share_within_groups(graph: PruningGraph, per_bn: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Coupled channels share one strength: the mean over the group's BN channels it maps to."""
     shared = {name: s.clone() for name, s in per_bn.items()}
@@ -131,7 +145,8 @@ class Regulariser:
     `after_step(model, step, lr)` (proximal mode, lr the learning rate of the step just taken)."""
     name = "base"
 
-    def __init__(self, graph: PruningGraph, lam: float, mode: str = "proximal", floor: Optional[dict[str, int]] = None):
+    def __init__(self, graph: PruningGraph, lam: float, mode: str = "proximal", floor: Optional[dict[str, int]] = None,
+                 with_beta: bool = False):
         if mode not in SPARSITY_MODES:
             raise ToolchainError(f"unknown prune.sparsity.mode '{mode}' (valid: {', '.join(SPARSITY_MODES)})")
         self.graph = graph
@@ -139,6 +154,7 @@ class Regulariser:
         self.mode = mode
         self.bns: dict[str, nn.Module] = {n: graph.module(n) for n in graph.bn_names()}
         self.floor = {n: int(k) for n, k in (floor or {}).items() if n in self.bns and k > 0}
+        self.with_beta = bool(with_beta)
         self.steps = 0
         self.lr_sum = 0.0  # sum of lr_t over the steps taken: lam * lr_sum bounds how far the proximal step moves a gamma
 
@@ -189,7 +205,10 @@ class Regulariser:
                 if keep:  # the largest `keep` gammas: selection keeps them anyway
                     threshold = threshold.clone()
                     threshold[weight.detach().abs().topk(keep).indices] = 0
-                weight.copy_(soft_threshold(weight, threshold))
+                if self.with_beta and bn.bias is not None:
+                    shrink_pair(weight, bn.bias, threshold)
+                else:
+                    weight.copy_(soft_threshold(weight, threshold))
                 alive = alive or int(weight.count_nonzero()) > keep
         if self.bns and not alive:
             what = ("every gamma selection could remove (nothing is left to rank)" if self.floor else
@@ -201,6 +220,7 @@ class Regulariser:
         s = self.strengths()
         flat = torch.cat([v.flatten() for v in s.values()]) if s else torch.zeros(1)
         return {"method": self.name, "lam": self.lam, "mode": self.mode, "keep_floor": bool(self.floor),
+                "with_beta": self.with_beta,
                 "strength_min": float(flat.min()),
                 "strength_mean": float(flat.mean()), "strength_max": float(flat.max()), "steps": self.steps,
                 "lr_sum": round(self.lr_sum, 6), "shrink_budget": round(self.lam * self.lr_sum, 6)}
@@ -216,8 +236,8 @@ class _AffinityRegulariser(Regulariser):
 
     def __init__(self, graph: PruningGraph, lam: float, *, refresh_every: int = 10, ema_momentum: float = 0.9,
                  clip: tuple[float, float] = (0.1, 10.0), max_positions: int = 4096, seed: int = 0,
-                 mode: str = "proximal", floor: Optional[dict[str, int]] = None):
-        super().__init__(graph, lam, mode, floor)
+                 mode: str = "proximal", floor: Optional[dict[str, int]] = None, with_beta: bool = False):
+        super().__init__(graph, lam, mode, floor, with_beta)
         self.refresh_every = int(refresh_every)
         self.ema_momentum = float(ema_momentum)
         self.clip = (float(clip[0]), float(clip[1]))
@@ -353,14 +373,17 @@ def make_regulariser(method: str, graph: PruningGraph, sparsity_cfg, seed: int =
     floor = None
     if prune_cfg is not None and getattr(s, "keep_floor", True):
         floor = selection_floor(graph, prune_cfg.min_channels, prune_cfg.min_fraction, prune_cfg.round_to)
+    beta = bool(getattr(s, "with_beta", False))
     if method == "acsl":
         return ACSLRegulariser(graph, s.lam, refresh_every=s.refresh_every, ema_momentum=s.ema_momentum,
-                               clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode, floor=floor)
+                               clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode, floor=floor,
+                               with_beta=beta)
     if method == "cap":
         return CAPRegulariser(graph, s.lam, refresh_every=s.refresh_every, ema_momentum=s.ema_momentum,
-                              clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode, floor=floor)
+                              clip=tuple(s.clip), max_positions=s.max_positions, seed=seed, mode=mode, floor=floor,
+                              with_beta=beta)
     if method == "slimming":
-        return SlimmingRegulariser(graph, s.lam, mode=mode, floor=floor)
+        return SlimmingRegulariser(graph, s.lam, mode=mode, floor=floor, with_beta=beta)
     if method == "depgraph":
         return GroupNormRegulariser(graph, s.lam)
     raise ToolchainError(f"method '{method}' has no sparsity-learning phase (those that do: {', '.join(SPARSITY_METHODS)})")
