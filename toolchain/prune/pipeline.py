@@ -121,7 +121,7 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     from toolchain.models.contract import output_layer_names
     from toolchain.prune.groups import build_pruning_graph
     from toolchain.prune.importance import channel_saliency
-    from toolchain.prune.select import CostModel, resolve_round_to, select_channels
+    from toolchain.prune.select import CostModel, budget_cost, latency_report, resolve_round_to, select_channels
     from toolchain.prune.surgery import prune_model
 
     p = cfg.prune
@@ -130,7 +130,8 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     cost = CostModel(graph)
     saliency = channel_saliency(method.saliency, graph, seed=p.seed, group_reduction=p.group_reduction)
     round_to, round_record = resolve_round_to(p.round_to, cfg.deploy.target)
-    selection = select_channels(graph, saliency, budget, cost.cost_fn(budget.kind), min_channels=p.min_channels,
+    cost_fn, saliency, latency = budget_cost(cfg, graph, cost, budget, saliency, round_to)
+    selection = select_channels(graph, saliency, budget, cost_fn, min_channels=p.min_channels,
                                 min_fraction=p.min_fraction, round_to=round_to)
     select_record = {
         "stage": "select", "method": method.name, "saliency": method.saliency, "budget": budget.as_dict(),
@@ -140,10 +141,12 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
                    for g, k in zip(graph.groups, selection.kept)],
         "estimated_fraction_removed": selection.fraction_removed, "min_channels": p.min_channels,
         "min_fraction": p.min_fraction, "round_to": round_to, "round_to_source": round_record["source"],
+        "latency": latency,
         "wall_s": round(time.time() - t0, 2),
     }
     t1 = time.time()
     slim, plan, error = prune_model(graph, selection.removed, verify=True)
+    latency_report(latency, selection, slim, cfg.data.input_size)
     slim_record = {"stage": "slim", "removed_per_layer": removed_per_layer(plan), "equivalence_rel_error": error,
                    "wall_s": round(time.time() - t1, 2)}
     return slim, plan, select_record, slim_record
@@ -193,7 +196,7 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
     slim, plan, select_record, slim_record = select_and_slim(cfg, model, m, b)
     after = _summary(slim, cfg)
     removed = {"params": 1 - after["params"] / before["params"], "flops": 1 - after["macs"] / before["macs"]}
-    select_record["fraction_removed"] = removed[b.kind]
+    select_record["fraction_removed"] = removed.get(b.kind)
     write_json(records / "select.json", select_record)
     write_json(run_dir / "plan.json", plan)
     save_checkpoint(run_dir / "slim_before_recovery.pt", slim, cfg, stage="slim", channel_plan=plan)

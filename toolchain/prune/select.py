@@ -1,6 +1,8 @@
 """Channel selection: global ranking of coupled channel groups under a budget.
 
-A budget is `params=F` or `flops=F`, F the fraction of parameters or multiply-accumulates removed.
+A budget is `params=F` or `flops=F`, F the fraction of parameters or multiply-accumulates removed, or
+`latency=12ms`: the predicted latency on the deployment target (toolchain.profile.layer_latency), with
+channels ranked by saliency per unit of latency they save (`latency_weighted_saliency`, HALP-style).
 Selection takes *any* cost function of the kept width of every group (`cost(kept) -> float`), so a
 latency model per group (targets issue) plugs in beside the exact parameter / MAC counts of
 `CostModel`. Every channel of every group gets a saliency; channels are removed lowest-first
@@ -21,28 +23,39 @@ import torch.nn as nn
 from toolchain.errors import ToolchainError
 from toolchain.prune.groups import PruningGraph, round_up
 
-BUDGET_KINDS = ("params", "flops")
+BUDGET_KINDS = ("params", "flops", "latency")
 _BUDGET_RE = re.compile(r"^\s*(params|flops)\s*=\s*([0-9]*\.?[0-9]+)\s*$")
+_LATENCY_RE = re.compile(r"^\s*latency\s*=\s*([0-9]*\.?[0-9]+)\s*ms\s*$")
 
 
 @dataclass(frozen=True)
 class Budget:
-    kind: str   # "params" | "flops"
-    value: float  # fraction removed, 0 < value < 1
+    kind: str   # "params" | "flops" | "latency"
+    value: float  # params / flops: fraction removed, 0 < value < 1; latency: milliseconds
 
     def tag(self) -> str:
-        return f"{self.kind}{self.value:g}"
+        return f"latency{self.value:g}ms" if self.kind == "latency" else f"{self.kind}{self.value:g}"
+
+    def target_cost(self, dense_cost: float) -> float:
+        """The cost selection must reach: (1 - F) x dense for params / flops, the ms for latency."""
+        return self.value if self.kind == "latency" else (1 - self.value) * dense_cost
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "value": self.value}
 
 
 def parse_budget(text: str) -> Budget:
-    """`params=0.8` / `flops=0.6` -> Budget; anything else is a one-line ToolchainError."""
+    """`params=0.8` / `flops=0.6` / `latency=12ms` -> Budget; anything else is a one-line ToolchainError."""
+    latency = _LATENCY_RE.match(str(text))
+    if latency:
+        ms = float(latency.group(1))
+        if not ms > 0:
+            raise ToolchainError(f"budget '{text}': the latency must be positive, e.g. latency=12ms")
+        return Budget("latency", ms)
     match = _BUDGET_RE.match(str(text))
     if not match:
         raise ToolchainError(f"budget '{text}' is not valid; write params=F or flops=F with F the fraction removed "
-                             "in (0, 1), e.g. params=0.8")
+                             "in (0, 1), e.g. params=0.8, or latency=Tms (predicted on deploy.target), e.g. latency=12ms")
     value = float(match.group(2))
     if not 0 < value < 1:
         raise ToolchainError(f"budget '{text}': the fraction removed must be between 0 and 1 (exclusive), e.g. params=0.5")
@@ -126,6 +139,9 @@ class CostModel:
             return self.params
         if kind == "flops":
             return self.macs
+        if kind == "latency":
+            raise ToolchainError("a latency budget needs the target's latency table "
+                                 "(toolchain.profile.layer_latency.LatencyModel), not the parameter / MAC counts")
         raise ToolchainError(f"unknown budget kind '{kind}' (valid: {', '.join(BUDGET_KINDS)})")
 
 
@@ -217,8 +233,13 @@ def select_channels(graph: PruningGraph, saliency: Sequence[torch.Tensor], budge
         return [min(size, round_up(max(size - c, floor), round_to)) for size, c, floor in zip(sizes, counts, min_keep)]
 
     dense_cost = cost(sizes)
-    target = (1 - budget.value) * dense_cost
+    target = budget.target_cost(dense_cost)
     smallest = cost(kept_after(len(ranked_owner)))
+    if smallest > target + 1e-9 * dense_cost and budget.kind == "latency":
+        raise ToolchainError(
+            f"budget latency={budget.value:g}ms cannot be met: keeping at least max({min_channels}, {min_fraction:g} x C) "
+            f"channels per layer (rounded to {round_to}), the smallest predicted latency is {smallest:.3g} ms "
+            f"(dense {dense_cost:.3g} ms); raise the budget or lower prune.min_channels / prune.min_fraction")
     if smallest > target + 1e-9 * dense_cost:
         reachable = 1 - smallest / dense_cost
         raise ToolchainError(
@@ -236,6 +257,49 @@ def select_channels(graph: PruningGraph, saliency: Sequence[torch.Tensor], budge
     removed = {g.index: sorted(order_in_group[i][: g.size - kept[i]]) for i, g in enumerate(groups)
                if kept[i] < g.size}
     return Selection(removed=removed, kept=kept, cost_before=dense_cost, cost_after=cost(kept), budget=budget)
+
+
+def budget_cost(cfg, graph: PruningGraph, cost_model: CostModel, budget: Budget, saliency: Sequence[torch.Tensor],
+                round_to: int = 1):
+    """(cost function, saliency to rank, latency record or None) for `budget`. A latency budget measures (or
+    loads from `<out_dir>/latency_tables/`) the per-layer table of `graph` on `deploy.target` and ranks
+    channels by saliency per ms saved; the record gets `predicted_ms` / `measured_ms` from `latency_report`."""
+    if budget.kind != "latency":
+        return cost_model.cost_fn(budget.kind), list(saliency), None
+    from pathlib import Path
+
+    from toolchain.profile.layer_latency import LatencyModel, build_latency_table
+    from toolchain.targets import load_target
+
+    target = load_target(cfg.deploy.target)
+    table = build_latency_table(graph, target, cache_dir=Path(cfg.out_dir) / "latency_tables", round_to=round_to)
+    model = LatencyModel(graph, table)
+    record = {"target": target.name, "machine": table.data["machine"], "threads": table.data["threads"],
+              "budget_ms": budget.value, "dense_measured_ms": table.dense_model_ms,
+              "dense_predicted_ms": model(model.sizes), "table_points": table.data["points"]}
+    return model, latency_weighted_saliency(saliency, model.per_channel_gain()), record
+
+
+def latency_report(record: dict | None, selection: "Selection", slim_model: nn.Module, input_size) -> None:
+    """Fill a latency record (from `budget_cost`) with the predicted and the measured ms of the slim model."""
+    if record is None:
+        return
+    from toolchain.profile.layer_latency import model_ms
+
+    record["predicted_ms"] = selection.cost_after
+    record["measured_ms"] = model_ms(slim_model, tuple(input_size), threads=record["threads"])
+    record["measured_over_budget"] = record["measured_ms"] / record["budget_ms"]
+
+
+def latency_weighted_saliency(saliency: Sequence[torch.Tensor], gains: Sequence[float],
+                              floor: float = 0.05) -> list[torch.Tensor]:
+    """Saliency per unit of latency: each group's scores divided by the predicted ms a channel of that group
+    saves (`gains`, e.g. LatencyModel.per_channel_gain()), relative to the mean saving (floored at `floor` x
+    the mean, so a group whose removal the table cannot see is not emptied first)."""
+    gain = torch.tensor([float(g) for g in gains])
+    mean = gain[gain > 0].mean() if (gain > 0).any() else torch.tensor(1.0)
+    relative = (gain / mean).clamp_min(floor)
+    return [s.detach().float().cpu() / relative[i] for i, s in enumerate(saliency)]
 
 
 def _prefix_counts(ranked_owner: list[int], n_groups: int) -> Callable[[int], list[int]]:

@@ -1,0 +1,127 @@
+"""Latency budget (issue 11): `latency=Tms` budgets, per-layer latency tables (cached by target + machine +
+model), the latency model's prediction, saliency per ms saved, and the prune pipeline's predicted vs measured ms."""
+import json
+
+import pytest
+import torch
+
+from prune_nets import TinyResCat
+from toolchain.config import validate_config
+from toolchain.errors import ToolchainError
+from toolchain.models import create_model
+from toolchain.prune.groups import build_pruning_graph
+from toolchain.prune.importance import channel_saliency
+from toolchain.prune.methods import get_method
+from toolchain.prune.select import (CostModel, latency_weighted_saliency, parse_budget, select_channels)
+from toolchain.profile.layer_latency import LatencyModel, build_latency_table, conv_specs, width_grid
+from toolchain.targets import load_target
+
+
+def fake_ms(spec, cin, cout):
+    """A deterministic stand-in for a measurement: proportional to the conv's MACs, plus a fixed cost."""
+    groups = cin if spec.depthwise else 1
+    h = spec.input_hw[0] // spec.stride[0]
+    w = spec.input_hw[1] // spec.stride[1]
+    return 0.01 + cout * (cin // groups) * spec.kernel[0] * spec.kernel[1] * h * w * 1e-7
+
+
+def test_parse_latency_budget():
+    b = parse_budget("latency=12.5ms")
+    assert (b.kind, b.value, b.tag()) == ("latency", 12.5, "latency12.5ms")
+    assert b.target_cost(99.0) == 12.5 and parse_budget("params=0.5").target_cost(10.0) == 5.0
+    for bad in ["latency=12", "latency=0ms", "latency=-1ms", "latency=fastms"]:
+        with pytest.raises(ToolchainError):
+            parse_budget(bad)
+
+
+def test_width_grid():
+    assert width_grid(64, 4) == [16, 32, 48, 64]
+    assert width_grid(40, 4, round_to=16) == [16, 32, 40]
+    assert width_grid(3, 4) == [1, 2, 3]
+
+
+def test_table_prediction_selection_and_cache(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_lraspp", 3, width=0.25)
+    graph = build_pruning_graph(model, (32, 32))
+    target = load_target("cpu")
+    table = build_latency_table(graph, target, cache_dir=tmp_path, points=3, measure=fake_ms,
+                                dense_ms=lambda m: 2.0, log=None)
+    specs = conv_specs(model, (32, 32))
+    assert set(table.layers) == {s.name for s in specs}
+    assert any(table.layers[s.name]["depthwise"] for s in specs)
+    # at grid points the table returns the measurement; between them it interpolates
+    head = next(s for s in specs if s.name == "encoder.stages.1.0.conv.0.0")
+    entry = table.layers[head.name]
+    cin, cout = entry["in_grid"][-1], entry["out_grid"][0]
+    assert table.lookup(head.name, cin, cout) == pytest.approx(fake_ms(head, cin, cout))
+    latency = LatencyModel(graph, table)
+    sizes = [g.size for g in graph.groups]
+    assert latency(sizes) == pytest.approx(2.0)  # calibrated on the dense measurement
+    budget = parse_budget("latency=1.2ms")
+    saliency = latency_weighted_saliency(channel_saliency("bn-scale", graph), latency.per_channel_gain())
+    selection = select_channels(graph, saliency, budget, latency, min_channels=2)
+    assert selection.cost_after <= 1.2 + 1e-9 and selection.cost_after > 0.9  # met, not far overshot
+    with pytest.raises(ToolchainError, match="latency=0.01ms cannot be met.*smallest predicted latency"):
+        select_channels(graph, saliency, parse_budget("latency=0.01ms"), latency, min_channels=2)
+    # cached: a second build measures nothing; another target is another table
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["target"] == "cpu"
+
+    def boom(*args):
+        raise AssertionError("measured again instead of using the cache")
+    again = build_latency_table(graph, target, cache_dir=tmp_path, points=3, measure=boom, dense_ms=boom, log=None)
+    assert again.data == table.data
+    with pytest.raises(ToolchainError, match="TensorRT runner"):
+        build_latency_table(graph, load_target("jetson-orin-nx-16gb"), cache_dir=tmp_path)
+
+
+def test_saliency_per_ms_ranks_expensive_groups_first():
+    saliency = [torch.ones(4), torch.ones(4)]
+    weighted = latency_weighted_saliency(saliency, [1.0, 3.0])
+    assert weighted[1].max() < weighted[0].min()
+    floored = latency_weighted_saliency(saliency, [0.0, 1.0])
+    assert torch.isfinite(floored[0]).all()
+
+
+def test_real_onnxruntime_table_predicts_the_slim_model(tmp_path):
+    from toolchain.profile.layer_latency import model_ms
+    from toolchain.prune.surgery import prune_model
+
+    torch.manual_seed(0)
+    model = TinyResCat(width=16)
+    graph = build_pruning_graph(model, (32, 32))
+    table = build_latency_table(graph, load_target("cpu"), cache_dir=tmp_path, points=2, runs=3, threads=1, log=None)
+    assert all(v > 0 for entry in table.layers.values() for row in entry["ms"] for v in row)
+    latency = LatencyModel(graph, table)
+    budget = parse_budget(f"latency={0.7 * table.dense_model_ms:.4f}ms")
+    selection = select_channels(graph, channel_saliency("l1", graph), budget, latency, min_channels=2)
+    assert selection.cost_after <= budget.value + 1e-9 and selection.removed
+    slim, _, _ = prune_model(graph, selection.removed)
+    assert model_ms(slim, (32, 32), threads=1, runs=5) > 0
+
+
+def test_prune_pipeline_reports_predicted_and_measured_ms(tmp_path):
+    from toolchain.prune.pipeline import select_and_slim
+
+    cfg = validate_config({"name": "lat", "task": "classification", "model": {"name": "resnet20", "width": 1.0},
+                           "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 10},
+                           "prune": {"min_channels": 2, "round_to": "target"}, "deploy": {"target": "cpu"},
+                           "out_dir": str(tmp_path)})
+    torch.manual_seed(0)
+    _, _, first, _ = select_and_slim(cfg, create_model("resnet20", 10, width=1.0), get_method("bn-scale"),
+                                     parse_budget("latency=1000ms"))  # measures the table; removes nothing
+    dense_ms = first["latency"]["dense_predicted_ms"]
+    assert dense_ms == pytest.approx(first["latency"]["dense_measured_ms"])
+    assert list((tmp_path / "latency_tables").glob("cpu_fp32_*.json"))
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, width=1.0)
+    dense_params = sum(p.numel() for p in model.parameters())
+    slim, plan, record, _ = select_and_slim(cfg, model, get_method("bn-scale"),
+                                            parse_budget(f"latency={0.7 * dense_ms:.5f}ms"))
+    lat = record["latency"]
+    assert lat["target"] == "cpu" and lat["measured_ms"] > 0
+    assert lat["predicted_ms"] <= 0.7 * dense_ms * 1.0001
+    assert sum(p.numel() for p in slim.parameters()) < dense_params
+    assert record["round_to"] == load_target("cpu").channel_multiple["fp32"]
+    assert all(k % record["round_to"] == 0 or k == g["channels"] for g in record["groups"] for k in [g["kept"]])
