@@ -63,3 +63,18 @@ def test_cli_lists_targets(capsys):
     out = capsys.readouterr().out
     assert "jetson -> jetson-orin-nano-8gb" in out and "desktop-gpu" in out
     assert main(["targets", "nope"]) == 2
+
+
+def test_desktop_rtx_target(tmp_path):
+    t = load_target("desktop-rtx")
+    assert t.backend == "tensorrt" and t.tensorrt_flavour == "tensorrt-rtx" and t.precisions == ["fp32", "fp16", "int8"]
+    assert t.compute_capabilities and "7.5" not in t.compute_capabilities  # no FP32 GEMM for Turing in RTX 1.7
+    assert load_target("jetson-orin-nx-16gb").tensorrt_flavour == "tensorrt"
+    base = "name: x\nbackend: tensorrt\nprecisions: [fp32]\ntensorrt: {min: '1.7', max: '1.x'}\n"
+    for extra, message in (("tensorrt_flavour: tensorrt-rtx\ncompute_capabilities: ['sm89']\n", "look like '8.9'"),
+                           ("compute_capabilities: ['8.9']\n", "need tensorrt_flavour: tensorrt-rtx"),
+                           ("tensorrt_flavour: tensorrt-rtx\ndla_cores: 1\ndla_core: 0\n", "no DLA")):
+        path = tmp_path / "x.yaml"
+        path.write_text(base + extra)
+        with pytest.raises(ToolchainError, match=message):
+            load_target(path)
