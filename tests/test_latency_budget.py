@@ -125,3 +125,21 @@ def test_prune_pipeline_reports_predicted_and_measured_ms(tmp_path):
     assert sum(p.numel() for p in slim.parameters()) < dense_params
     assert record["round_to"] == load_target("cpu").channel_multiple["fp32"]
     assert all(k % record["round_to"] == 0 or k == g["channels"] for g in record["groups"] for k in [g["kept"]])
+
+
+def test_latency_budget_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch):
+    from conftest import load_benchmark
+
+    bench = load_benchmark("latency_budget")
+    monkeypatch.setattr(bench, "MODELS", {"segnet": (3, 0.5, (32, 32))})
+    result = bench.run_model("segnet", [0.7], points=2, table_runs=1, rounds=1, runs=1, cache=tmp_path / "c",
+                             work=tmp_path)
+    kinds = [p.get("kind") for p in result["plans"]]
+    assert kinds == [None, "latency", "flops", "params"] and not result["unreachable"]
+    for p in result["plans"]:
+        assert p["measured_ms"] > 0 and p["predicted_ms"] > 0
+    latency_plan = result["plans"][1]
+    assert latency_plan["predicted_ms"] <= latency_plan["budget_ms"] * 1.0001
+    bench.write_results({"command": "x", "machine": "m", "onnxruntime": "v", "rounds": 1, "runs": 1,
+                         "models": [result]}, tmp_path / "out")
+    assert "| latency (0.7 x dense) | latency=" in (tmp_path / "out.md").read_text()
