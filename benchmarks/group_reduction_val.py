@@ -34,7 +34,8 @@ def _acsl(args: list[str]) -> None:
 
 def _group_losses(select_record: dict) -> dict:
     out = {}
-    for label, test in (("single_bn", lambda n: n == 1), ("multi_bn", lambda n: n >= 2), ("residual_3plus_bn", lambda n: n >= 3)):
+    kinds = (("single_bn", lambda n: n == 1), ("multi_bn", lambda n: n >= 2), ("residual_3plus_bn", lambda n: n >= 3))
+    for label, test in kinds:
         groups = [g for g in select_record["groups"] if test(len(g["bns"]))]
         total = sum(g["channels"] for g in groups)
         removed = sum(g["channels"] - g["kept"] for g in groups)

@@ -195,7 +195,8 @@ def write_results(result: dict, out: Path, command: str) -> None:
             real = f"{p['realisation']:.2f}" if p["realisation"] is not None else "-"
             lines.append(f"| {p['plan']} | {p['params']:,} | {p['macs'] / 1e6:.1f} | {p['median_ms']:.3f} | "
                          f"{p['speedup']:.2f}x | {p['macs_ratio']:.2f}x | {real} | {p['nchwc_convs']} | "
-                         f"{p['plain_convs']} | {p['reorders']} | {p['conv_out_channels_multiple_of_16']}/{p['convs']} |")
+                         f"{p['plain_convs']} | {p['reorders']} | "
+                         f"{p['conv_out_channels_multiple_of_16']}/{p['convs']} |")
         lines.append("")
     lines += ["Realisation = measured speed-up / MACs ratio (1.0: every MAC removed is time saved).", ""]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))

@@ -12,7 +12,7 @@ from toolchain.models import create_model
 from toolchain.prune.groups import build_pruning_graph
 from toolchain.prune.importance import channel_saliency
 from toolchain.prune.methods import get_method
-from toolchain.prune.select import (CostModel, latency_weighted_saliency, parse_budget, select_channels)
+from toolchain.prune.select import latency_weighted_saliency, parse_budget, select_channels
 from toolchain.profile.layer_latency import LatencyModel, build_latency_table, conv_specs, width_grid
 from toolchain.targets import load_target
 

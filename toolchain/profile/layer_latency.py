@@ -76,8 +76,9 @@ def conv_specs(model: nn.Module, input_size: tuple[int, int]) -> list[ConvSpec]:
                                  "latency table; use a params or flops budget")
         if isinstance(m.padding, str):
             raise ToolchainError(f"layer '{name}': string padding is not supported by the latency table")
+        hw = (int(shapes[name][0]), int(shapes[name][1]))
         specs.append(ConvSpec(name, m.in_channels, m.out_channels, tuple(m.kernel_size), tuple(m.stride),
-                              tuple(m.padding), tuple(m.dilation), m.groups > 1, (int(shapes[name][0]), int(shapes[name][1]))))
+                              tuple(m.padding), tuple(m.dilation), m.groups > 1, hw))
     return specs
 
 
@@ -109,7 +110,8 @@ def _conv_onnx(spec: ConvSpec, cin: int, cout: int) -> bytes:
                             strides=list(spec.stride), pads=[spec.padding[0], spec.padding[1]] * 2,
                             dilations=list(spec.dilation), group=group)
     relu = helper.make_node("Relu", ["conv"], ["output"])
-    graph = helper.make_graph([conv, relu], "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, cin, h, w])],
+    graph = helper.make_graph([conv, relu], "conv",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, cin, h, w])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -238,7 +240,8 @@ def build_latency_table(graph, target, *, precision: Optional[str] = None, cache
         out_grid = width_grid(spec.out_channels, points, round_to) if spec.name in prunable_out else [spec.out_channels]
         if spec.depthwise:
             grid = sorted(set(in_grid) | set(out_grid))  # one width: in = out = groups
-            layers.append({**spec.as_dict(), "in_grid": grid, "out_grid": None, "ms": [[measure(spec, c, c) for c in grid]]})
+            layers.append({**spec.as_dict(), "in_grid": grid, "out_grid": None,
+                           "ms": [[measure(spec, c, c) for c in grid]]})
             continue
         ms = [[measure(spec, cin, cout) for cout in out_grid] for cin in in_grid]
         layers.append({**spec.as_dict(), "in_grid": in_grid, "out_grid": out_grid, "ms": ms})

@@ -55,7 +55,8 @@ def parse_budget(text: str) -> Budget:
     match = _BUDGET_RE.match(str(text))
     if not match:
         raise ToolchainError(f"budget '{text}' is not valid; write params=F or flops=F with F the fraction removed "
-                             "in (0, 1), e.g. params=0.8, or latency=Tms (predicted on deploy.target), e.g. latency=12ms")
+                             "in (0, 1), e.g. params=0.8, or latency=Tms (predicted on deploy.target), "
+                             "e.g. latency=12ms")
     value = float(match.group(2))
     if not 0 < value < 1:
         raise ToolchainError(f"budget '{text}': the fraction removed must be between 0 and 1 (exclusive), e.g. params=0.5")
@@ -237,8 +238,8 @@ def select_channels(graph: PruningGraph, saliency: Sequence[torch.Tensor], budge
     smallest = cost(kept_after(len(ranked_owner)))
     if smallest > target + 1e-9 * dense_cost and budget.kind == "latency":
         raise ToolchainError(
-            f"budget latency={budget.value:g}ms cannot be met: keeping at least max({min_channels}, {min_fraction:g} x C) "
-            f"channels per layer (rounded to {round_to}), the smallest predicted latency is {smallest:.3g} ms "
+            f"budget latency={budget.value:g}ms cannot be met: keeping at least max({min_channels}, "
+            f"{min_fraction:g} x C) channels per layer (rounded to {round_to}), the smallest predicted latency is {smallest:.3g} ms "
             f"(dense {dense_cost:.3g} ms); raise the budget or lower prune.min_channels / prune.min_fraction")
     if smallest > target + 1e-9 * dense_cost:
         reachable = 1 - smallest / dense_cost
