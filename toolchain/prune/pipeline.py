@@ -81,7 +81,9 @@ def sparsity_stage(cfg, model: nn.Module, method: Method, dense_sha256: str) -> 
         return sparse, record
     t0 = time.time()
     graph = build_pruning_graph(model, tuple(cfg.data.input_size))
-    regulariser = make_regulariser(method.sparsity, graph, s, seed=cfg.prune.seed, prune_cfg=cfg.prune).attach()
+    from toolchain.prune.select import resolve_round_to  # prune.round_to may name the target's multiple
+    prune_cfg = cfg.prune.model_copy(update={"round_to": resolve_round_to(cfg.prune.round_to, cfg.deploy.target)[0]})
+    regulariser = make_regulariser(method.sparsity, graph, s, seed=cfg.prune.seed, prune_cfg=prune_cfg).attach()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     try:
