@@ -107,7 +107,7 @@ class RecoverConfig(_Strict):
 
 class PruneConfig(_Strict):
     method: str = "acsl"
-    budget: str = Field("params=0.5", description="params=F or flops=F: fraction removed")
+    budget: str = Field("params=0.5", description="params=F or flops=F: fraction removed; or latency=Tms on deploy.target")
     min_channels: int = Field(8, ge=1)
     min_fraction: float = Field(0.1, ge=0, le=1)
     round_to: PositiveInt | Literal["target", "target:fp32", "target:fp16", "target:int8"] = Field(

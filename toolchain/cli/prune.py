@@ -13,7 +13,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="dense checkpoint from `acsl train`")
     p.add_argument("--method", help=f"one of {', '.join(list(METHODS) + list(PEER_METHODS))} (default: prune.method of "
                    f"the config, acsl); {' and '.join(SCRATCH_METHODS)} are run by benchmarks/compression.py")
-    p.add_argument("--budget", help="params=F or flops=F, F the fraction removed (default: prune.budget)")
+    p.add_argument("--budget", help="params=F or flops=F, F the fraction removed, or latency=Tms predicted on "
+                   "deploy.target from a measured per-layer table (default: prune.budget)")
     p.add_argument("--recover", choices=["finetune", "distill", "auto", "none"],
                    help="recovery after removal (default: prune.recover.method)")
     p.add_argument("--out", help="run folder (default: <out_dir>/<name>/prune/<method>_<budget>)")
