@@ -119,25 +119,41 @@ def test_adam_normalises_the_subgradient_but_not_the_proximal_step(mode):
             assert torch.allclose(moved, 30 * 0.01 * reg.graded[n], atol=1e-4)
 
 
+def _lr_sum(cfg, steps_per_epoch: int) -> float:
+    """sum of lr_t over cfg's sparsity phase (fit()'s warm-up + schedule)."""
+    from toolchain.train.trainer import make_schedule
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.prune.sparsity.lr or cfg.train.lr)
+    total = cfg.prune.sparsity.epochs * steps_per_epoch
+    schedule, out = make_schedule(opt, cfg, total, steps_per_epoch), 0.0
+    for _ in range(total):
+        out += opt.param_groups[0]["lr"]
+        opt.step()
+        schedule.step()
+    return out
+
+
 def _quick_profile_config(tmp_path, mode):
-    """CamVid's quick-profile sparsity schedule (optimizer, lr, warm-up, schedule, epochs, steps per epoch, lam)
-    on a tiny synthetic SegNet at 32x32 (two images per step instead of eight)."""
+    """CamVid's quick-profile sparsity schedule (optimizer, lr, warm-up, schedule, epochs, steps per epoch) on a
+    tiny synthetic SegNet at 32x32 (two images per step instead of eight), lam sized so that lam x sum(lr_t) = 1.2:
+    enough to zero the fresh gammas (1.0) of channels the loss does not hold."""
     quick = load_config(REPO / "configs" / "camvid_segnet.yaml", profile="quick")
-    steps_per_epoch = 367 // quick.train.batch_size  # CamVid's 367 training images
+    steps_per_epoch = -(-367 // quick.train.batch_size)  # CamVid's 367 training images
     t, s = quick.train, quick.prune.sparsity
+    lam = 1.2 / _lr_sum(quick, steps_per_epoch)
     return validate_config({
         "name": "tiny_quick", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
         "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 2 * steps_per_epoch},
         "train": {"batch_size": 2, "optimizer": t.optimizer, "lr": t.lr, "weight_decay": t.weight_decay,
                   "warmup_epochs": t.warmup_epochs, "schedule": t.schedule, "seed": 0, "eval_every": s.epochs},
-        "prune": {"sparsity": {**s.model_dump(), "mode": mode}},
+        "prune": {"sparsity": {**s.model_dump(), "mode": mode, "lam": lam}},
         "out_dir": str(tmp_path / "runs")}), steps_per_epoch * s.epochs
 
 
 @pytest.mark.slow
 def test_quick_profile_schedule_reaches_exact_zeros_only_with_the_proximal_step(tmp_path):
     """ACSL through fit()'s hooks (toolchain.prune.pipeline.sparsity_stage) for the length of CamVid's quick
-    profile with its lam: the proximal step leaves exact zeros, the subgradient none."""
+    profile: the proximal step leaves exact zeros (gamma and beta), the subgradient at the same lam none."""
     from toolchain.models import build_from_config
     from toolchain.prune.methods import get_method
     from toolchain.prune.pipeline import sparsity_stage
@@ -149,6 +165,9 @@ def test_quick_profile_schedule_reaches_exact_zeros_only_with_the_proximal_step(
         model, record = sparsity_stage(cfg, build_from_config(cfg), get_method("acsl"), "0" * 64)
         assert record["strengths"]["steps"] == steps and record["strengths"]["mode"] == mode
         fractions[mode] = gamma_stats(prunable_gammas(model, cfg.data.input_size))["frac_exact_zero"]
+        if mode == "proximal":  # a zeroed channel outputs exactly 0: its beta is zero too
+            bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+            assert all(torch.all(bn.bias[bn.weight == 0] == 0) for bn in bns)
     assert fractions["proximal"] >= 0.05, fractions
     assert fractions["subgradient"] == 0.0, fractions
 
