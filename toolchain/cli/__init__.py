@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        from toolchain.cli.common import check_output_args
+
+        check_output_args(args)
         return int(args.func(args) or 0)
     except ToolchainError as err:
         print(f"acsl {args.command}: error: {err}", file=sys.stderr)

@@ -54,3 +54,42 @@ def resume_command(argv: list[str], has_resume: bool) -> str:
     if os.environ.get("MAKELEVEL"):
         line += " (or the same `make` command again)"
     return line
+
+
+# -- output paths ----------------------------------------------------------------------------------------
+FOLDER_OUTS = ("train", "prune", "build", "deploy")  # commands whose --out is a folder (export's is a file)
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is a file (so nothing below it can be created)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_args(args: argparse.Namespace) -> None:
+    """Refuse an --out / --json that cannot be written, or whose writing would replace something that is not
+    the command's own output, before any work starts (one line; nothing created)."""
+    from toolchain.errors import ToolchainError
+
+    command = getattr(args, "command", None)
+    outs = []
+    if getattr(args, "out", None) and command in FOLDER_OUTS + ("export",):
+        outs.append(("--out", Path(args.out).expanduser(), command in FOLDER_OUTS))
+    if getattr(args, "json_out", None):
+        outs.append(("--json", Path(args.json_out).expanduser(), False))
+    for flag, path, folder in outs:
+        blocker = _file_above(path)
+        if blocker is not None:
+            raise ToolchainError(f"{flag} {path} cannot be created: {blocker} is a file, not a folder; "
+                                 "pick another path")
+        if folder and path.exists() and not path.is_dir():
+            raise ToolchainError(f"{flag} {path} is a file; {command} writes a folder there: pick a folder path")
+        if not folder and path.is_dir():
+            raise ToolchainError(f"{flag} {path} is a folder; pass a file path inside it, e.g. "
+                                 f"{path / ('model.onnx' if flag == '--out' else 'out.json')}")
+        if (command == "deploy" and path.is_dir() and any(path.iterdir())
+                and not (path / "manifest.json").is_file()):
+            raise ToolchainError(f"{flag} {path} is a folder with other files in it, not a bundle; deploy replaces "
+                                 "its bundle folder as a whole: pass a new or empty folder")

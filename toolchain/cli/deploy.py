@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup_s < 0:
         raise ToolchainError("--runs must be >= 1 and --warmup-s >= 0")
     target = load_target(args.target)
+    if args.checkpoint:  # a missing, corrupt, mismatched or NaN checkpoint: one line before the run folder is made
+        from toolchain.train.checkpoint import load_model
+
+        load_model(args.checkpoint, cfg)
     bundle_dir = Path(args.out) if args.out else Path(cfg.deploy.out_dir) / target.name
     from toolchain.data import describe_source
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from toolchain.cli.common import add_config_args, config_from_args
+from toolchain.errors import ToolchainError
 
 
 def register(sub) -> None:
@@ -23,6 +24,8 @@ def run(args) -> int:
     from toolchain.train.evaluate import evaluate
     from toolchain.train.metrics import primary_metric
 
+    if args.max_images is not None and args.max_images < 1:  # 0 images would print a metric of 0.000
+        raise ToolchainError(f"--max-images must be at least 1, got {args.max_images}")
     cfg = config_from_args(args)
     model, _ = load_model(args.checkpoint, cfg)
     print(f"data: {describe_source(cfg)}")

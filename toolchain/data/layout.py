@@ -75,6 +75,10 @@ def real_data_overrides(root: Path, task: str) -> dict:
     """
     import yaml
 
+    if not root.is_dir():  # a missing folder or a file: say so, not "no known layout"
+        what = "is a file, not a folder" if root.exists() else "not found"
+        raise ToolchainError(f"data folder {root} {what}; pass --data PATH to a dataset folder "
+                             "(the real datasets are in ../shared/data)")
     kind = detect_layout(root)
     if kind is None:
         raise ToolchainError(f"data folder {root} has no known dataset layout; expected one of: "

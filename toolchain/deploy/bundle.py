@@ -214,7 +214,9 @@ def verify_bundle_pinned(bundle_dir, expect_manifest_sha256: Optional[str] = Non
     """`verify_bundle`, also returning the sha256 of the manifest.json bytes that were verified."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
-        raise ToolchainError(f"bundle not found: {bundle_dir} (create one with `make deploy TARGET=...`)")
+        what = (f"{bundle_dir} is a file, not a bundle folder" if bundle_dir.exists()
+                else f"bundle not found: {bundle_dir}")
+        raise ToolchainError(f"{what} (create one with `make deploy TARGET=...`)")
     if not (bundle_dir / MANIFEST).is_file():
         raise ToolchainError(f"{bundle_dir} has no {MANIFEST}: it is not a bundle or its writing was interrupted; "
                              "rerun `acsl deploy`")

@@ -168,5 +168,10 @@ def create_model(name: str, num_classes: int, width: float = 1.0, *, base_dir: O
 
 def build_from_config(cfg) -> nn.Module:
     """Build the model an ExperimentConfig names (a user file resolves from the config's folder)."""
-    return create_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width,
-                        base_dir=config_dir(cfg), **cfg.model.kwargs)
+    model = create_model(cfg.model.name, num_classes=cfg.data.num_classes, width=cfg.model.width,
+                         base_dir=config_dir(cfg), **cfg.model.kwargs)
+    declared = getattr(model, "task", None)  # a segmentation net under a counting config fails deep in the loss
+    if isinstance(declared, str) and declared != cfg.task:
+        raise ToolchainError(f"model '{display_name(cfg.model.name)}' is a {declared} model but the config's task is "
+                             f"{cfg.task}; use a {cfg.task} model or set task: {declared}")
+    return model
