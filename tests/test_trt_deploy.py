@@ -33,7 +33,8 @@ def runs(tmp_path_factory):
 def test_desktop_rtx_bundle_holds_real_engines(runs):
     _, rtx, _ = runs
     manifest = verify_bundle(rtx.bundle)
-    engines = {(a["variant"], a["precision"]): a["file"] for a in manifest["artifacts"] if a["kind"] == "tensorrt-engine"}
+    engines = {(a["variant"], a["precision"]): a["file"] for a in manifest["artifacts"]
+               if a["kind"] == "tensorrt-engine"}
     assert set(engines) == {(v, p) for v in ("dense", "slim") for p in ("fp32", "fp16", "int8")}
     for (variant, precision), name in engines.items():
         side = json.loads((rtx.bundle / (name + ".json")).read_text())

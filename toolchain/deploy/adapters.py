@@ -53,9 +53,9 @@ def _build_with_builder(build_pkg, cfg, onnx_path, target, precision, folder, lo
     status = record.get("status", "ok")
     if not getattr(result, "engine_built", True) and target.backend == "tensorrt":
         return {"status": "not-built", "kind": "build-script",
-                "reason": record.get("reason") or (f"engine not built here ({target.tensorrt_flavour} is not installed): "
-                                                   f"`bash {Path(folder).name}/build_engine.sh` builds it on the "
-                                                   f"{target.name}, where it is measured"),
+                "reason": record.get("reason") or (
+                    f"engine not built here ({target.tensorrt_flavour} is not installed): `bash "
+                    f"{Path(folder).name}/build_engine.sh` builds it on the {target.name}, where it is measured"),
                 "artifact": None, "extra_files": extra, "record": record}
     kind = "tensorrt-engine" if artifact is not None and artifact.suffix in (".engine", ".plan") else "onnx"
     built = record.get("precision")

@@ -158,9 +158,10 @@ def _profile_stage(cfg, target, onnx: dict[str, Path], build: StageRecord, folde
         else:
             make = lambda a=artifact: OrtRunner(a, providers=providers, threads=threads).load()  # noqa: E731
         log(f"  profile {name} ({runs} runs, warm-up {warmup_s} s)")
+        cost_onnx = artifact if precision == "fp32" and row["kind"] == "onnx" else onnx[variant]
         profiles[name] = profile_engine(make,
                                         model_file=artifact, batches=target.profile_batch_sizes, runs=runs,
-                                        warmup_s=warmup_s, onnx_path=artifact if precision == "fp32" and row["kind"] == "onnx" else onnx[variant],
+                                        warmup_s=warmup_s, onnx_path=cost_onnx,
                                         target=target, precision=precision, accuracy_fn=accuracy)
     if target.backend != "onnxruntime":  # host reference: the FP32 ONNX measured on this machine
         for variant in VARIANTS:
@@ -302,7 +303,8 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
             if row["kind"] == "tensorrt-engine":  # the ONNX it was built from: ONNX Runtime's fallback, same precision
                 source = (row.get("record") or {}).get("engine_onnx")
                 key = f"{name}/{source}"
-                fallback = key if key in done["build"].artifacts else (f"{variant}.onnx" if precision == "fp32" else None)
+                fallback = key if key in done["build"].artifacts else (
+                    f"{variant}.onnx" if precision == "fp32" else None)
                 if fallback:
                     artifacts.append({"file": fallback, "kind": "onnx", "variant": variant, "precision": precision})
         for extra in row.get("extra_files", []):
