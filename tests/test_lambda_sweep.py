@@ -31,15 +31,15 @@ def test_lambda_sweep_tiny(tmp_path, capsys):
     cfg_path, dense = _tiny(tmp_path)
     sweep = _load()
     argv = [str(cfg_path), "--checkpoint", str(dense), "--budget", "params=0.5", "--methods", "acsl,slimming",
-            "--lams", "1e-4,3", "--results", str(tmp_path / "results"), "--dataset", "synthetic"]
+            "--lams", "1e-4,6", "--results", str(tmp_path / "results"), "--dataset", "synthetic"]
     assert sweep.main(argv) == 0
     out = tmp_path / "results" / "lambda_sweep_synthetic_segnet.json"
     result = json.loads(out.read_text())
     runs = {(r["method"], r["lam"]): r for r in result["runs"]}
-    assert set(runs) == {("acsl", 1e-4), ("slimming", 1e-4), ("acsl", 3.0), ("slimming", 3.0)}
+    assert set(runs) == {("acsl", 1e-4), ("slimming", 1e-4), ("acsl", 6.0), ("slimming", 6.0)}
     assert not any(r.get("error") for r in runs.values())
     for method in ("acsl", "slimming"):   # the strong penalty shrinks the gammas, the weak one barely
-        weak, strong = runs[(method, 1e-4)]["gammas"], runs[(method, 3.0)]["gammas"]
+        weak, strong = runs[(method, 1e-4)]["gammas"], runs[(method, 6.0)]["gammas"]
         assert strong["median_abs_gamma"] < 0.5 * weak["median_abs_gamma"]
     best = {m: max((r for r in runs.values() if r["method"] == m), key=lambda r: r["metric_val"])["lam"]
             for m in ("acsl", "slimming")}
