@@ -106,6 +106,7 @@ def write_table(result: dict, path: Path) -> None:
                      f"{_f(r['median_abs_gamma'], '.4f')} | "
                      f"{_f(r['val_dense'])} | {_f(r['val_after_sparsity'])} | {_f(r['val_after_slim'])} | "
                      f"{_f(r['slim_loss'])} | {_f(r['val_after_recovery'])} | {r['wall_s']:.0f} |")
+    lines += [""] + [f"Note: {n}" for n in result.get("notes", [])]
     lines += ["", f"Command: `{result['command']}`", f"Machine: {result['machine']}; commit {result['git_commit']}.", ""]
     atomic_write_text(path, "\n".join(lines))
 
