@@ -24,7 +24,8 @@ groups globally, so the per-channel score must not grow with the number of BNs:
   group and is never reached, so use it only to reproduce earlier results.
 The default is `mean`: it is Torch-Pruning's reduction and the only one of the three that reaches
 residual chains (benchmarks/results/group_reduction_*.md: ACSL on CIFAR ResNet-56 at params=0.5, `max`
-and `sum` remove 0 of the 56 residual-chain channels, `mean` 14; val top-1 within noise on one seed).
+and `sum` remove 0 of the 56 residual-chain channels, `mean` 11-14; on val top-1 `max` led one run and
+`mean` the other, so no reduction is better on val yet).
 """
 from __future__ import annotations
 
