@@ -316,9 +316,9 @@ def _finish(record: dict, cfg, signature, lint, meta, out_dir: Path, artifact: O
             started: float, log) -> BuildResult:
     record.update({"experiment": cfg.name, "model": meta.get("model_name", cfg.model.name), **signature,
                    "lint": lint.to_dict(), "engine_built": built, "artifact": artifact.name if artifact else None,
-                   "git_commit": git_commit(), "versions": versions(),
-                   "seconds": round(time.perf_counter() - started, 2)})
-    path = write_json(out_dir / "build.json", record)
+                   "git_commit": git_commit(), "versions": versions()})
+    path = write_json(out_dir / "build.json", record)  # deterministic: it ships in the bundle
+    record["seconds"] = round(time.perf_counter() - started, 2)  # reported, never written into a checksummed file
     if built and artifact is not None:
         log(f"built {artifact} ({record['precision']}) for target '{record['target']}'")
     for note in record["notes"]:

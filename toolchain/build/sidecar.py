@@ -8,7 +8,6 @@ not a crash inside TensorRT.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -41,7 +40,6 @@ def make_sidecar(*, engine_path: Path, tensorrt_version: str, gpu: Optional[dict
         "engine_sha256": sha256_file(engine_path),
         "target": target,
         "toolchain_version": __version__,
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),
     }
 

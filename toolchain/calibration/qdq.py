@@ -104,6 +104,9 @@ class RangeCache:
         return True
 
     def commit(self) -> None:
+        if self.path.is_file():  # ONNX Runtime writes the ranges in dict order: canonical (sorted) bytes instead
+            with contextlib.suppress(ValueError, OSError):
+                write_json(self.path, json.loads(self.path.read_text(encoding="utf-8")))
         write_json(self.key_path, {"key": self.key})
 
 
