@@ -84,6 +84,19 @@ def test_missing_modelopt_on_the_cli_is_one_line(dense, monkeypatch, capsys):
     assert "--modelopt-divisor applies to --method modelopt-fastnas only" in capsys.readouterr().err
 
 
+def test_bn_recalibration_is_the_cumulative_average_over_batches():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).eval()
+    model[1].running_mean.fill_(7.0)  # stale statistics, as ModelOpt exports them
+    batches = [torch.randn(2, 3, 5, 5) + i for i in range(3)]
+    peer.recalibrate_bn(model, batches)
+    with torch.no_grad():
+        feats = [model[0](x) for x in batches]
+    want = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    assert torch.allclose(model[1].running_mean, want, atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+
+
 @needs_modelopt
 def test_score_function_is_the_val_metric_on_a_seeded_subset(dense):
     from toolchain.train.evaluate import evaluate
@@ -137,6 +150,8 @@ def test_cli_prune_gives_a_slim_checkpoint_checked_like_ours(pruned, dense):
     assert record["export"]["parity_passed"] is True and (out / "slim.onnx").stat().st_size > 1000
     # the same recovery as our methods; the ModelOpt search read the val metric
     assert record["recover"] == "finetune" and record["recover_epochs"] == 1
+    assert record["diagnostic"]["val_after_slim"] == record["stages"]["slim"]["val"]
+    assert record["modelopt"]["bn_recalibrated"] is True
     assert record["modelopt"]["score"] == "val miou" and record["modelopt"]["score_evaluations"] > 0
     assert (out / "modelopt.log").stat().st_size > 0
     for name in ["select", "slim", "recover"]:
