@@ -427,7 +427,7 @@ def _params():
 
 
 @pytest.mark.parametrize("case", list(_params()))
-def test_bad_input_is_one_line_and_leaves_nothing(case: Case, kit, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_and_leaves_nothing(case: Case, kit, tmp_path, capsys, monkeypatch, record_property):
     folder = tmp_path / "case"
     folder.mkdir()
     if case.setup:
@@ -464,18 +464,23 @@ def test_bad_input_is_one_line_and_leaves_nothing(case: Case, kit, tmp_path, cap
         errors = [line for line in out.splitlines() if line.startswith("error")]
         assert len(errors) == 1, out
         line = errors[0]
+    record_property("error_line", line.replace(str(folder), "CASE").replace(str(kit), "KIT"))  # docs/RELIABILITY.md
     assert re.search(case.match, line), f"{case.match!r} not in {line!r}"
     assert _listing(folder, kit) == before, "files were created, changed or removed"
     if not case.missing_path:
         _check_paths_exist(line)
 
 
-def test_every_case_has_a_unique_id_and_a_command():
+def test_every_case_has_a_unique_id_a_command_and_a_row_in_reliability_md():
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))
     from toolchain.cli import COMMANDS
 
     assert {case.argv[0] for case in CASES if case.argv[0] != "bogus"} <= set(COMMANDS)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md").read_text()
+    listed = re.findall(r"^\| \d+ \| ([\w-]+) \|", doc, flags=re.M)
+    assert listed == ids, "docs/RELIABILITY.md's table is out of date: regenerate it from a --junitxml run"
+    assert f"| table-driven rows (`CASES`, table below) | {len(CASES)} |" in doc
 
 
 @pytest.mark.parametrize("target", ["cpu", "jetson-orin-nx-16gb"])
@@ -489,3 +494,23 @@ def test_symbolic_nhw_onnx_builds_at_the_config_size(target, kit, tmp_path, caps
     assert code == 0, err
     record = json.loads((tmp_path / "build" / "build.json").read_text())
     assert record["precision"] == "fp32" and "Traceback" not in out + err
+
+
+# -- an engine's sidecar (read when a bundle's TensorRT engine is loaded) ---------------------------------------
+GOOD_SIDECAR = {"tensorrt_version": "8.6.2", "compute_capability": "8.7", "gpu_name": "Orin"}
+BAD_SIDECARS = [("tensorrt-version-banana", {"tensorrt_version": "banana"}),      # today: ValueError traceback
+                ("compute-capability-unknown", {"compute_capability": "unknown"}),  # today: accepted on any GPU
+                ("compute-capability-missing", {"compute_capability": None})]       # today: KeyError traceback
+
+
+@pytest.mark.xfail(strict=True, reason="owned by build")
+@pytest.mark.parametrize("edit", [b[1] for b in BAD_SIDECARS], ids=[b[0] for b in BAD_SIDECARS])
+def test_engine_sidecar_with_bad_fields_is_refused_in_one_line(edit):
+    from toolchain.build.sidecar import check_engine_compatible
+    from toolchain.errors import ToolchainError
+
+    check_engine_compatible(GOOD_SIDECAR, "8.6.2", {"name": "Orin", "compute_capability": "8.7"})  # the good one loads
+    side = {k: v for k, v in {**GOOD_SIDECAR, **edit}.items() if v is not None}
+    with pytest.raises(ToolchainError) as err:
+        check_engine_compatible(side, "8.6.2", {"name": "RTX 4090", "compute_capability": "8.9"})
+    assert "\n" not in str(err.value)
