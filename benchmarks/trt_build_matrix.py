@@ -83,7 +83,7 @@ def _network_types(network, trt) -> dict:
 
 def build_cell(trt, onnx_path: Path, engine_path: Path, precision: str, profile: dict, target) -> dict:
     """Parse and build one engine with the real builder; a failure is a row with its one-line reason."""
-    from toolchain.build.trt_compat import capabilities
+    from toolchain.artifacts.trt_compat import capabilities
     from toolchain.build.trt_engine import EngineRequest, build_engine, parse_onnx
 
     caps = capabilities(trt)
@@ -127,7 +127,7 @@ def run_matrix(models: list[str], work: Path, *, widths: Optional[dict] = None, 
                shapes=SHAPES, target="desktop-rtx", log: Callable[[str], None] = print) -> list[dict]:
     """One row per (model, variant, shapes, precision); `target` is a name or a Target."""
     from toolchain.build.shapes import optimisation_profile
-    from toolchain.build.trt_compat import capabilities, import_tensorrt
+    from toolchain.artifacts.trt_compat import capabilities, import_tensorrt
     from toolchain.export import export_model
     from toolchain.export.onnx_io import graph_inputs, load_onnx
     from toolchain.models import build_from_config

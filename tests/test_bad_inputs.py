@@ -506,7 +506,7 @@ BAD_SIDECARS = [("tensorrt-version-banana", {"tensorrt_version": "banana"}),    
 @pytest.mark.xfail(strict=True, reason="owned by build")
 @pytest.mark.parametrize("edit", [b[1] for b in BAD_SIDECARS], ids=[b[0] for b in BAD_SIDECARS])
 def test_engine_sidecar_with_bad_fields_is_refused_in_one_line(edit):
-    from toolchain.build.sidecar import check_engine_compatible
+    from toolchain.artifacts.sidecar import check_engine_compatible
     from toolchain.errors import ToolchainError
 
     check_engine_compatible(GOOD_SIDECAR, "8.6.2", {"name": "Orin", "compute_capability": "8.7"})  # the good one loads

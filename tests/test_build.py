@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from toolchain.build import build, optimisation_profile, trtexec_command
-from toolchain.build.trt_compat import tensorrt_available
+from toolchain.artifacts.trt_compat import tensorrt_available
 from conftest import tiny_synthetic_config
 from toolchain.errors import ToolchainError
 from toolchain.export import export_model
@@ -76,7 +76,7 @@ def test_build_script_runs_with_fake_trtexec(tmp_path, onnx_model):
     env = {**os.environ, "TRTEXEC": str(fake)}
     subprocess.run(["bash", str(tmp_path / "out" / "build_engine.sh")], check=True, env=env, capture_output=True)
     side = json.loads((tmp_path / "out" / "model.engine.json").read_text())
-    from toolchain.build.sidecar import REQUIRED_KEYS, verify_engine_file
+    from toolchain.artifacts.sidecar import REQUIRED_KEYS, verify_engine_file
     assert set(REQUIRED_KEYS) <= set(side) and side["tensorrt_version"].startswith("10.3")
     verify_engine_file(tmp_path / "out" / "model.engine", side)
     args = (tmp_path / "out" / "args.txt").read_text()

@@ -10,8 +10,8 @@ import types
 
 import pytest
 
-from toolchain.build.sidecar import check_engine_compatible
-from toolchain.build.trt_compat import capabilities, network_flags, parse_version, version_from_number
+from toolchain.artifacts.sidecar import check_engine_compatible
+from toolchain.artifacts.trt_compat import capabilities, network_flags, parse_version, version_from_number
 from toolchain.errors import ToolchainError
 
 trt_rtx = pytest.importorskip("tensorrt_rtx", reason="pip install -e '.[trt]' (part of `make test`)")
@@ -215,7 +215,7 @@ def _request(tmp_path, precision, dla_core=None, **kw):
     ("8.5", "fp16", ["FP16"], 1), ("8.5", "int8", ["INT8", "FP16"], 1),
     ("10.3", "fp16", ["FP16"], 1), ("10.3", "fp32", [], 1)])
 def test_builder_flow_with_fake_tensorrt(tmp_path, monkeypatch, flavour, precision, flags, network):
-    from toolchain.build.sidecar import read_sidecar
+    from toolchain.artifacts.sidecar import read_sidecar
     from toolchain.build.trt_engine import build_engine
 
     calls = []

@@ -11,7 +11,7 @@ import pytest
 
 from toolchain.config import load_config
 from toolchain.utils.io import sha256_file
-from toolchain.deploy.bundle import verify_bundle, write_bundle
+from toolchain.artifacts.bundle import verify_bundle, write_bundle
 from toolchain.deploy.pipeline import run_deploy
 from toolchain.errors import ToolchainError
 from toolchain.report.schema import VARIANT_FIELDS, validate_report
@@ -167,7 +167,7 @@ def test_engine_for_another_device_falls_back_or_refuses(deployed, tmp_path, mon
     import sys
     import types
 
-    from toolchain.build.sidecar import check_engine_compatible
+    from toolchain.artifacts.sidecar import check_engine_compatible
     from toolchain.runtime import load
 
     bundle = tmp_path / "bundle"
@@ -209,7 +209,7 @@ def test_data_of_the_wrong_task(tmp_path, capsys):
 
 
 def test_disk_full_leaves_no_valid_looking_bundle(deployed, tmp_path, monkeypatch):
-    import toolchain.deploy.bundle as bundle_mod
+    import toolchain.artifacts.bundle as bundle_mod
 
     manifest = verify_bundle(deployed[1].bundle)
     files = {n: deployed[1].bundle / n for n in manifest["files"]}

@@ -31,7 +31,7 @@ def test_make_deploy_from_clean_copy(tmp_path):
     bundle = copy / "deploy" / "cpu"
     assert "report: deploy/cpu/report.html" in proc.stdout
 
-    from toolchain.deploy.bundle import verify_bundle
+    from toolchain.artifacts.bundle import verify_bundle
     from toolchain.runtime import load
 
     manifest = verify_bundle(bundle)  # every sha256 in the manifest matches its file

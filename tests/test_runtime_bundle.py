@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from toolchain.deploy.bundle import manifest_sha256, read_verified, verify_bundle, write_bundle
+from toolchain.artifacts.bundle import manifest_sha256, read_verified, verify_bundle, write_bundle
 from toolchain.errors import ToolchainError
 from toolchain.export.metadata import channel_plan_hash, set_metadata
 from toolchain.runtime import load

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from toolchain.build.sidecar import make_sidecar, write_sidecar
+from toolchain.artifacts.sidecar import make_sidecar, write_sidecar
 from toolchain.errors import ToolchainError
 from toolchain.runtime import OrtRunner, TorchRunner, TrtRunner, predict_fn
 
@@ -107,7 +107,7 @@ def test_trt_runner_rejects_corrupt_engine_and_sidecar(tmp_path):
 
 
 def test_trt_runner_without_tensorrt_names_the_package(tmp_path):
-    from toolchain.build.trt_compat import tensorrt_available
+    from toolchain.artifacts.trt_compat import tensorrt_available
 
     if tensorrt_available():
         pytest.skip("tensorrt is installed here")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from test_deploy import fast_demo
-from toolchain.deploy.bundle import verify_bundle
+from toolchain.artifacts.bundle import verify_bundle
 from toolchain.deploy.pipeline import run_deploy
 
 pytest.importorskip("tensorrt_rtx", reason="pip install -e '.[trt]' (part of `make test`)")

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from toolchain.build.shapes import optimisation_profile
-from toolchain.build.trt_compat import tensorrt_available
+from toolchain.artifacts.trt_compat import tensorrt_available
 from toolchain.build.trtexec import build_script, trtexec_command
 from toolchain.errors import ToolchainError
 from toolchain.utils.io import atomic_write_text, sha256_file, write_json
@@ -142,7 +142,7 @@ def build_onnxruntime(cfg, onnx_path: Path, target, precision: str, out_dir: Pat
 # -- TensorRT --------------------------------------------------------------------------------------
 def _installed_capabilities(flavour: str):
     """Capabilities of the installed TensorRT of this flavour, or None where it is not installed."""
-    from toolchain.build.trt_compat import capabilities, import_tensorrt
+    from toolchain.artifacts.trt_compat import capabilities, import_tensorrt
 
     if not tensorrt_available(flavour):
         return None
@@ -274,7 +274,7 @@ def _build_engine_here(cfg, out_dir, engine, engine_onnx, precision, target, pro
 
     calibrator, cuda = None, None
     if precision == "int8" and calib_cache is not None:
-        from toolchain.build.trt_compat import import_tensorrt
+        from toolchain.artifacts.trt_compat import import_tensorrt
         from toolchain.calibration.calib_set import cache_key
         from toolchain.calibration.trt_calibrator import (CalibrationBatcher, CalibrationCache,
                                                           make_trt_calibrator)

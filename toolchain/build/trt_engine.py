@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from toolchain.build.sidecar import make_sidecar, write_sidecar
-from toolchain.build.trt_compat import (capabilities, compute_capability_enum, detect_gpu, import_tensorrt,
+from toolchain.artifacts.sidecar import make_sidecar, write_sidecar
+from toolchain.artifacts.trt_compat import (capabilities, compute_capability_enum, detect_gpu, import_tensorrt,
                                         network_flags)
 from toolchain.errors import ToolchainError
 from toolchain.utils.io import atomic_write_bytes, sha256_file

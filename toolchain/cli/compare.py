@@ -43,7 +43,7 @@ def _kind(path: Path) -> str:
 
 def guess_precision(path: Path) -> str:
     if _kind(path) == "engine":
-        from toolchain.build.sidecar import sidecar_path
+        from toolchain.artifacts.sidecar import sidecar_path
 
         side = sidecar_path(path)
         if side.is_file():
@@ -63,7 +63,7 @@ def _fixed_shape(path: Path, kind: str):
                 for d in inp.type.tensor_type.shape.dim]
         return inp.name, dims
     if kind == "engine":
-        from toolchain.build.sidecar import read_sidecar
+        from toolchain.artifacts.sidecar import read_sidecar
 
         name, prof = next(iter(read_sidecar(path)["input_shapes"].items()))
         return name, list(prof["opt"])

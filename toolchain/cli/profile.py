@@ -56,7 +56,7 @@ def _runner_factory(path: Path, target):
 def _bundle_runner(args, load_target):
     """The same verification and artifact choice as `toolchain.runtime.load` (every path inside the
     bundle, every artifact checksummed, the manifest checked against the ONNX metadata)."""
-    from toolchain.deploy.bundle import bundle_path, verify_bundle_pinned
+    from toolchain.artifacts.bundle import bundle_path, verify_bundle_pinned
     from toolchain.runtime.bundle import _pick_artifact, ort_runner_for
 
     bundle = Path(args.bundle)
@@ -75,7 +75,7 @@ def _bundle_runner(args, load_target):
             return ort_runner_for(bundle, manifest, [artifact], list(target.onnxruntime.providers),
                                   target.onnxruntime.intra_op_threads)[0]
     else:
-        from toolchain.build.sidecar import sidecar_path
+        from toolchain.artifacts.sidecar import sidecar_path
 
         side = sidecar_path(artifact["file"]).as_posix()
         if side not in manifest["files"]:

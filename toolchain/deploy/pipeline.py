@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from toolchain.deploy import adapters, stages
-from toolchain.deploy.bundle import write_bundle
+from toolchain.artifacts.bundle import write_bundle
 from toolchain.deploy.cache import StageCache, StageRecord, code_version
 from toolchain.errors import ToolchainError
 from toolchain.models.registry import display_name
@@ -340,7 +340,7 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
 
 
 def _bundle_stage(cfg, target, done, onnx, bundle_dir: Path, log) -> Path:
-    from toolchain.deploy.bundle import verify_bundle
+    from toolchain.artifacts.bundle import verify_bundle
     from toolchain.report.render import write_report
 
     key = sha256_json({"stages": {k: r.key for k, r in done.items()}, "code": code_version("deploy", "report")})

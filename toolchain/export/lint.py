@@ -73,7 +73,7 @@ class LintReport:
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
-    from toolchain.build.trt_compat import parse_version
+    from toolchain.artifacts.trt_compat import parse_version
 
     return parse_version(v)
 

@@ -11,12 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from toolchain import __version__
-from toolchain.utils.io import sha256_json
+from toolchain.artifacts.bundle import channel_plan_hash  # noqa: F401  (the contract lives with the bundle)
 from toolchain.utils.provenance import git_commit
-
-
-def channel_plan_hash(plan: Optional[Any]) -> str:
-    return sha256_json(plan) if plan else "dense"
 
 
 def model_geometry(model, input_size) -> dict:

@@ -78,16 +78,16 @@ def _pick_artifact(manifest: dict, precision: Optional[str], bundle: Path):
 
 
 def _try_tensorrt(bundle: Path, manifest: dict, artifacts: list[dict]) -> tuple[Optional[object], str]:
-    from toolchain.deploy.bundle import bundle_path
+    from toolchain.artifacts.bundle import bundle_path
 
     engines = [a for a in artifacts if a["kind"] == "tensorrt-engine"]
     if not engines:
         return None, "no TensorRT engine in the bundle"
-    from toolchain.build.trt_compat import tensorrt_available
+    from toolchain.artifacts.trt_compat import tensorrt_available
 
     if not tensorrt_available():  # tensorrt, or tensorrt_rtx for TensorRT-RTX engines
         return None, "the tensorrt package is not installed here"
-    from toolchain.build.sidecar import sidecar_path
+    from toolchain.artifacts.sidecar import sidecar_path
     from toolchain.runtime.trt_runner import TrtRunner  # present wherever TensorRT is
 
     engine_path = bundle_path(bundle, engines[0]["file"], "artifact")
@@ -105,7 +105,7 @@ def _try_tensorrt(bundle: Path, manifest: dict, artifacts: list[dict]) -> tuple[
 def ort_runner_for(bundle: Path, manifest: dict, artifacts: list[dict], providers: Optional[Sequence[str]],
                    threads: Optional[int], load: bool = True):
     """An OrtRunner over the verified bytes of the bundle's ONNX artifact (not re-read from disk)."""
-    from toolchain.deploy.bundle import bundle_path, read_verified
+    from toolchain.artifacts.bundle import bundle_path, read_verified
     from toolchain.runtime.ort_runner import OrtRunner, available_providers
 
     onnx = [a for a in artifacts if a["kind"] == "onnx"]
@@ -181,7 +181,7 @@ class DeployedModel:
                  providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, bgr: Optional[bool] = None,
                  color: Optional[str] = None, topk: int = 5, history: int = 1000,
                  expect_manifest_sha256: Optional[str] = None):
-        from toolchain.deploy.bundle import verify_bundle_pinned
+        from toolchain.artifacts.bundle import verify_bundle_pinned
 
         if backend not in ("auto", "tensorrt", "onnxruntime"):
             raise ToolchainError(f"backend must be auto, tensorrt or onnxruntime (got {backend!r})")

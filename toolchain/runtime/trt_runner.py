@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from toolchain.build.sidecar import check_engine_compatible, read_sidecar, verify_engine_file
-from toolchain.build.trt_compat import detect_gpu, flavour_of, import_tensorrt
+from toolchain.artifacts.sidecar import check_engine_compatible, read_sidecar, verify_engine_file
+from toolchain.artifacts.trt_compat import detect_gpu, flavour_of, import_tensorrt
 from toolchain.errors import MissingDependency, ToolchainError
 from toolchain.runtime.base import Runner, Shape
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from toolchain import __version__
+from toolchain.artifacts.trt_compat import parse_version
 from toolchain.errors import ToolchainError
 from toolchain.utils.io import sha256_file, write_json
 
@@ -77,8 +78,6 @@ def check_engine_compatible(sidecar: dict, tensorrt_version: str, gpu: Optional[
     """Raise a one-line ToolchainError if this machine cannot load the engine; return soft warnings.
 
     `compute_capability` may list several ("8.6,8.9": a TensorRT-RTX ahead-of-time build)."""
-    from toolchain.build.trt_compat import parse_version
-
     problems = []
     built = sidecar["tensorrt_version"]
     built_flavour = sidecar.get("tensorrt_flavour", "tensorrt")

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
 from toolchain.errors import ToolchainError
-from toolchain.utils.io import _json_default, sha256_file
+from toolchain.utils.io import _json_default, sha256_file, sha256_json
 
 BUNDLE_FORMAT = "acsl-bundle/1"
 MANIFEST = "manifest.json"
@@ -46,6 +46,12 @@ DECODING_WORD = {"segmentation": "argmax", "counting": "density", "classificatio
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 _REBUILD = "rebuild the bundle with `acsl deploy`"
+
+
+def channel_plan_hash(plan: Optional[Any]) -> str:
+    """What `channel_plan_sha256` says in the ONNX metadata and what verify_bundle expects of the
+    manifest's channel plan: the sha256 of the plan's canonical JSON, "dense" for no plan."""
+    return sha256_json(plan) if plan else "dense"
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -347,8 +353,6 @@ def _model_facts(bundle_dir: Path, name: str, data: bytes) -> dict:
 
 
 def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], models: dict[str, dict]) -> None:
-    from toolchain.export.metadata import channel_plan_hash
-
     if not models:
         raise ToolchainError(f"bundle {bundle_dir} has no checksummed ONNX model to check {MANIFEST} against "
                              f"(neither an ONNX artifact nor {manifest.get('deployed_variant', 'slim')}.onnx); "
