@@ -15,7 +15,7 @@ from toolchain.profile.latency import measure_latency
 from toolchain.profile.layers import ort_top_layers, trt_top_layers
 from toolchain.profile.memory import PeakRSS, rss_bytes
 from toolchain.profile.roofline import efficiency, roofline_floor
-from toolchain.profile.stats import format_trtexec, latency_stats, percentile_nearest_rank
+from toolchain.runtime.stats import format_trtexec, latency_stats, percentile_nearest_rank
 
 
 def test_latency_stats_hand_computed():

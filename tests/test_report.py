@@ -11,7 +11,7 @@ from toolchain.report.combine import combine_reports
 from toolchain.report.plots import pareto_front
 from toolchain.report.render import to_markdown, write_report
 from toolchain.report.schema import failed_row, new_report, validate_report, variant_row
-from toolchain.profile.stats import latency_stats
+from toolchain.runtime.stats import latency_stats
 
 
 def _report(machine="hostA", on_target=True) -> dict:

@@ -87,7 +87,7 @@ def _bundle_runner(args, load_target):
 
 def run(args: argparse.Namespace) -> int:
     from toolchain.profile.profiler import profile_engine
-    from toolchain.profile.stats import format_trtexec
+    from toolchain.runtime.stats import format_trtexec
     from toolchain.targets import load_target
 
     precision, onnx_for_cost = "fp32", None

@@ -1,7 +1,8 @@
 """Profiling: latency statistics (trtexec wording), memory, cost and roofline, Jetson telemetry.
 
 Public entry points:
-- `stats.latency_stats(samples_ms, batch)` and `latency.measure_latency(infer, ...)`;
+- `toolchain.runtime.stats.latency_stats(samples_ms, batch)` (it ships with the runtime) and
+  `latency.measure_latency(infer, ...)`;
 - `memory.PeakRSS`, `memory.gpu_memory()`;
 - `cost.onnx_cost(path)` (params, MACs, bytes moved per layer) and `roofline.roofline_floor(...)`;
 - `jetson.parse_tegrastats_line(line)`, `jetson.TegrastatsSampler`, `jetson.power_mode()`;

@@ -10,7 +10,7 @@ import time
 from typing import Callable, Optional
 
 from toolchain.errors import ToolchainError
-from toolchain.profile.stats import latency_stats
+from toolchain.runtime.stats import latency_stats
 
 
 def warm_up(infer: Callable[[], object], warmup_s: float, synchronize: Optional[Callable[[], None]] = None,

@@ -13,7 +13,7 @@ manifest.json, also in its manifest.sha256): any other bundle is refused.
 Backend choice: a TensorRT engine when the `tensorrt` package is importable and the engine's
 sidecar matches this machine; otherwise ONNX Runtime with the best installed provider (TensorRT,
 CUDA, then CPU). ONNX Runtime is given the very bytes whose checksum was verified. Preprocessing is
-exactly `toolchain.data.transforms.preprocess` with the manifest's preprocessing (which load()
+exactly `toolchain.artifacts.preprocess.preprocess` with the manifest's preprocessing (which load()
 checked against the metadata inside the checksummed ONNX). One `DeployedModel` per thread is the
 intended use; calls on a shared instance are serialised by a lock, so sharing is safe too (just
 not parallel).
@@ -161,7 +161,7 @@ def _resize_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _resize_density(density: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a density map, scaled by the area ratio so the sum (the count) is kept."""
-    from toolchain.data.transforms import resize_bilinear
+    from toolchain.artifacts.preprocess import resize_bilinear
 
     if density.shape == tuple(size):
         return density.astype(np.float32, copy=False)
@@ -220,7 +220,7 @@ class DeployedModel:
     # -- inference -----------------------------------------------------------------------------
     def preprocess(self, frame: np.ndarray, color: Optional[str] = None, *, bgr: Optional[bool] = None) -> np.ndarray:
         """Frame (H x W x 3 uint8) -> 1 x 3 x H' x W' float32, exactly as during validation."""
-        from toolchain.data.transforms import preprocess
+        from toolchain.artifacts.preprocess import preprocess
 
         frame = _check_frame(frame)
         if _color(color, bgr, default=self.bgr):
@@ -283,7 +283,7 @@ class DeployedModel:
         `warmup()`), it first times `runs` inferences on a dummy input of the model's input size, so
         `model.warmup(); print(model.latency_stats())` reports the warm model. The result's `source`
         says which: "calls" or "dummy input"."""
-        from toolchain.profile.stats import latency_stats
+        from toolchain.runtime.stats import latency_stats
 
         with self._lock:
             samples = list(self._latencies_ms)
