@@ -2,7 +2,7 @@
 
     python benchmarks/proximal_sparsity.py configs/demo.yaml [--profile quick] [--checkpoint DENSE.pt] \
         [--methods acsl,slimming] [--subgradient-lams 1e-4] [--proximal-lams 1,3,10] [--budget params=0.5] \
-        [--exp demo] [--results benchmarks/results] [--set KEY=VALUE ...]
+        [--exp demo] [--results benchmarks/results] [--seeds 0,1,2] [--set KEY=VALUE ...]
 
 For each method x mode x lambda it runs `acsl prune` (toolchain.prune.pipeline.run_prune) from the same dense
 checkpoint (trained here if none is given) and records the run's diagnostic: fraction of prunable gammas
@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-floor-lams", default="", help="lambdas for mode proximal with keep_floor off (default: none)")
     p.add_argument("--gamma-only-lams", default="", help="lambdas for mode proximal with with_beta off (default: none)")
     p.add_argument("--budget", help="default: prune.budget of the config")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (train.seed and prune.seed of each run; default 0)")
     p.add_argument("--exp", help="label of the result files (default: the config's name)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -50,19 +51,19 @@ def _lams(text: str, default: float) -> list[float]:
 
 
 def one_run(cfg, checkpoint: Path, method: str, mode: str, lam: float, budget: str, floor: bool = True,
-            beta: bool = True) -> dict:
+            beta: bool = True, seed: int = 0) -> dict:
     from toolchain.prune.pipeline import run_prune
 
-    cfg_r = config_from_dict(deep_merge(config_to_dict(cfg), {"prune": {"sparsity": {
+    cfg_r = config_from_dict(deep_merge(config_to_dict(cfg), {"train": {"seed": seed}, "prune": {"seed": seed, "sparsity": {
         "lam": lam, "mode": mode, "keep_floor": floor, "with_beta": beta}}}))
-    out = (cfg.run_dir() / "proximal_sparsity"
-           / f"{method}_{mode}_lam{lam:g}{'' if floor else '_nofloor'}{'' if beta else '_gammaonly'}")
+    out = (cfg.run_dir() / "proximal_sparsity" / (f"{method}_{mode}_lam{lam:g}{'' if floor else '_nofloor'}"
+                                                  f"{'' if beta else '_gammaonly'}{f'_s{seed}' if seed else ''}"))
     t0 = time.time()
     record = run_prune(cfg_r, checkpoint, method=method, budget=budget, out=out)
     d = record["diagnostic"]
     strengths = (record["stages"]["sparsity"] or {}).get("strengths") or {}
     return {"method": method, "mode": mode, "lam": lam, "keep_floor": floor and mode == "proximal",
-            "with_beta": beta and mode == "proximal",
+            "with_beta": beta and mode == "proximal", "seed": seed,
             "budget": record["budget"], "layers_all_zero": d["gammas"]["layers_all_zero"],
             "frac_exact_zero": d["gammas"]["frac_exact_zero"], "frac_below_1pct_of_max": d["gammas"]["frac_below_rel"],
             "median_abs_gamma": d["gammas"].get("median_abs"), "n_gammas": d["gammas"]["n"],
@@ -86,6 +87,32 @@ def _mode(r: dict) -> str:
     return r["mode"] + (f" ({', '.join(notes)})" if notes else " (gamma, beta)")
 
 
+def _seed_summary(result: dict) -> list[str]:
+    """Mean +- std over seeds of the settings run with more than one seed."""
+    import statistics
+
+    groups: dict = {}
+    for r in result["runs"]:
+        if not r.get("error"):
+            groups.setdefault((r["method"], _mode(r), r["lam"]), []).append(r)
+    multi = {k: v for k, v in sorted(groups.items()) if len(v) > 1}
+    if not multi:
+        return []
+
+    def ms(rows, key, pct=False):
+        vals = [r[key] * (100 if pct else 1) for r in rows]
+        return f"{statistics.mean(vals):.1f} +- {statistics.stdev(vals):.1f}"
+
+    lines = ["", "Over seeds (mean +- std):", "",
+             "| method | mode | lambda | seeds | zeros % | val after sparsity | val after slim | slim loss | val after recovery |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (method, mode, lam), rows in multi.items():
+        lines.append(f"| {method} | {mode} | {lam:g} | {len(rows)} | {ms(rows, 'frac_exact_zero', True)} | "
+                     f"{ms(rows, 'val_after_sparsity')} | {ms(rows, 'val_after_slim')} | {ms(rows, 'slim_loss')} | "
+                     f"{ms(rows, 'val_after_recovery')} |")
+    return lines
+
+
 def write_table(result: dict, path: Path) -> None:
     name = result["metric"]
     lines = [f"# Proximal vs subgradient sparsity: {result['exp']} ({result['profile'] or 'base'} profile), "
@@ -94,20 +121,23 @@ def write_table(result: dict, path: Path) -> None:
              f"{_f(result['dense_val'])}. 'zeros' = prunable BN gammas exactly 0 after sparsity; '< 1%' = below 1e-2 x "
              "the largest |gamma|; shrink = lam x sum of lr_t over the sparsity steps (how far the proximal step can "
              "move a gamma); slim loss = metric lost by slimming, before recovery.", "",
-             "| method | mode | lambda | shrink | zeros | < 1% | layers all zero | median abs gamma | val dense "
+             "| method | mode | lambda | seed | shrink | zeros | < 1% | layers all zero | median abs gamma | val dense "
              "| val after sparsity | val after slim | slim loss | val after recovery | wall s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(result["runs"], key=lambda r: (r["method"], _mode(r), r["lam"])):
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(result["runs"], key=lambda r: (r["method"], _mode(r), r["lam"], r.get("seed", 0))):
         if r.get("error"):
-            lines.append(f"| {r['method']} | {_mode(r)} | {r['lam']:g} | failed: {r['error'][:80]} | | | | | | | | | | |")
+            lines.append(f"| {r['method']} | {_mode(r)} | {r['lam']:g} | {r.get('seed', 0)} | failed: {r['error'][:80]} "
+                         "| | | | | | | | | | |")
             continue
-        lines.append(f"| {r['method']} | {_mode(r)} | {r['lam']:g} | {_f(r['shrink_budget'], '.3g')} | "
+        lines.append(f"| {r['method']} | {_mode(r)} | {r['lam']:g} | {r.get('seed', 0)} | {_f(r['shrink_budget'], '.3g')} | "
                      f"{r['frac_exact_zero']:.1%} | {r['frac_below_1pct_of_max']:.1%} | {r['layers_all_zero']} | "
                      f"{_f(r['median_abs_gamma'], '.4f')} | "
                      f"{_f(r['val_dense'])} | {_f(r['val_after_sparsity'])} | {_f(r['val_after_slim'])} | "
                      f"{_f(r['slim_loss'])} | {_f(r['val_after_recovery'])} | {r['wall_s']:.0f} |")
+    lines += _seed_summary(result)
     lines += [""] + [f"Note: {n}" for n in result.get("notes", [])]
-    lines += ["", f"Command: `{result['command']}`", f"Machine: {result['machine']}; commit {result['git_commit']}.", ""]
+    lines += [""] + [f"Command: `{c}`" for c in result.get("commands") or [result["command"]]]
+    lines += [f"Machine: {result['machine']}; commit {result['git_commit']}.", ""]
     atomic_write_text(path, "\n".join(lines))
 
 
@@ -141,27 +171,32 @@ def main(argv=None) -> int:
             result = {"exp": exp, "config": args.config, "profile": cfg.profile, "budget": budget, "metric": metric,
                       "higher_is_better": higher, "dense_checkpoint": str(checkpoint), "dense_val": _val(model, cfg),
                       "runs": []}
-        result.update({"machine": machine(), "git_commit": git_commit(),
-                       "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/proximal_sparsity.py"]
-                                           + list(sys.argv[1:] if argv is None else argv))})
+        command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/proximal_sparsity.py"]
+                           + list(sys.argv[1:] if argv is None else argv))
+        commands = result.setdefault("commands", [result["command"]] if result.get("command") else [])
+        if command not in commands:
+            commands.append(command)  # rows added by several invocations (e.g. more seeds): every command is kept
+        result.update({"machine": machine(), "git_commit": git_commit(), "command": command})
         lam0 = cfg.prune.sparsity.lam
         extra = lambda text: [float(v) for v in text.split(",") if v.strip()]  # noqa: E731
         plan = [(m, "subgradient", lam, False, False) for m in methods for lam in _lams(args.subgradient_lams, lam0)]
         plan += [(m, "proximal", lam, True, True) for m in methods for lam in _lams(args.proximal_lams, lam0)]
         plan += [(m, "proximal", lam, False, True) for m in methods for lam in extra(args.no_floor_lams)]
         plan += [(m, "proximal", lam, True, False) for m in methods for lam in extra(args.gamma_only_lams)]
-        for method, mode, lam, floor, beta in plan:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()] or [0]
+        plan = [p + (seed,) for seed in seeds for p in plan]
+        for method, mode, lam, floor, beta, seed in plan:
             same = lambda r: (r["method"], r["mode"], r["lam"], r.get("keep_floor", False),  # noqa: E731
-                              r.get("with_beta", False)) == (method, mode, lam, floor, beta)
+                              r.get("with_beta", False), r.get("seed", 0)) == (method, mode, lam, floor, beta, seed)
             if any(same(r) and not r.get("error") for r in result["runs"]):
                 continue
             result["runs"] = [r for r in result["runs"] if not same(r)]
-            print(f"[proximal_sparsity] {method} {mode} lam {lam:g} floor {floor} beta {beta}", flush=True)
+            print(f"[proximal_sparsity] {method} {mode} lam {lam:g} floor {floor} beta {beta} seed {seed}", flush=True)
             try:
-                row = one_run(cfg, checkpoint, method, mode, lam, budget, floor, beta)
+                row = one_run(cfg, checkpoint, method, mode, lam, budget, floor, beta, seed)
             except ToolchainError as err:
                 row = {"method": method, "mode": mode, "lam": lam, "keep_floor": floor, "with_beta": beta,
-                       "error": str(err)}
+                       "seed": seed, "error": str(err)}
             result["runs"].append(row)
             write_json(json_path, result)
             write_table(result, json_path.with_suffix(".md"))

@@ -304,3 +304,20 @@ def test_pair_step_zeroes_gamma_and_beta_together_so_removal_is_lossless():
         kept = block(x)
         block[3].weight[:, 1] = 0
         assert torch.equal(block(x), kept)
+
+
+def test_proximal_sparsity_table_summarises_seeds(tmp_path):
+    from conftest import load_benchmark
+
+    bench = load_benchmark("proximal_sparsity")
+    row = {"method": "acsl", "mode": "proximal", "lam": 1.0, "keep_floor": True, "with_beta": True, "shrink_budget": 0.6,
+           "frac_exact_zero": 0.1, "frac_below_1pct_of_max": 0.2, "layers_all_zero": 0, "median_abs_gamma": 0.5,
+           "val_dense": 60.0, "val_after_sparsity": 80.0, "val_after_slim": 70.0, "slim_loss": 10.0,
+           "val_after_recovery": 78.0, "wall_s": 1.0}
+    result = {"exp": "t", "profile": None, "budget": "params=0.5", "metric": "miou", "higher_is_better": True,
+              "dense_val": 60.0, "machine": "m", "git_commit": "g", "command": "c1", "commands": ["c0", "c1"],
+              "runs": [dict(row, seed=0), dict(row, seed=1, val_after_recovery=82.0, frac_exact_zero=0.3)]}
+    bench.write_table(result, tmp_path / "t.md")
+    text = (tmp_path / "t.md").read_text()
+    assert "| acsl | proximal (gamma, beta) | 1 | 2 | 20.0 +- 14.1 | 80.0 +- 0.0 | 70.0 +- 0.0 | 10.0 +- 0.0 | 80.0 +- 2.8 |" in text
+    assert "Command: `c0`" in text and "Command: `c1`" in text
