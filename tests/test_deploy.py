@@ -58,6 +58,18 @@ def test_bundle_checksums_and_manifest(deployed):
     assert any("report:" in line for line in logs)
 
 
+def test_every_file_in_the_bundle_has_a_row_in_the_kinds_table(deployed):
+    from toolchain.artifacts.kinds import kind_of
+
+    _, result, _, _ = deployed
+    manifest = verify_bundle(result.bundle)
+    files = sorted(p.relative_to(result.bundle).as_posix() for p in result.bundle.rglob("*") if p.is_file())
+    assert "manifest.json" in files and any(f.endswith(".qdq.onnx") for f in files)
+    assert [f for f in files if kind_of(f) is None] == []
+    for art in manifest["artifacts"]:  # the kind a manifest names is the kind its file is
+        assert kind_of(art["file"]).name == art["kind"], art
+
+
 def test_report_has_every_field(deployed):
     _, result, _, _ = deployed
     report = validate_report(json.loads(result.report_json.read_text()))

@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
+from toolchain.artifacts.kinds import BUNDLE_MODEL_KINDS, ONNX
 from toolchain.errors import ToolchainError
 from toolchain.utils.io import _json_default, sha256_file, sha256_json
 
@@ -40,7 +41,7 @@ MANIFEST_SHA256 = "manifest.sha256"
 # (and the same manifest.sha256 to pin) on every deploy.
 MEASUREMENTS = "measurements.json"
 RESERVED = (MANIFEST, MANIFEST_SHA256, MEASUREMENTS)
-ARTIFACT_KINDS = ("onnx", "tensorrt-engine")
+ARTIFACT_KINDS = tuple(kind.name for kind in BUNDLE_MODEL_KINDS)  # artifacts[].kind: toolchain.artifacts.kinds
 VARIANTS = ("slim", "dense")  # slim: the manifest's channel_plan applied; dense: no plan
 DECODING_WORD = {"segmentation": "argmax", "counting": "density", "classification": "softmax"}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -312,8 +313,8 @@ def _artifacts(bundle_dir: Path, manifest: dict) -> list[dict]:
 def _models_to_check(manifest: dict, artifacts: list[dict]) -> set[str]:
     """The ONNX files whose metadata the manifest must agree with: every ONNX artifact and the
     deployed variant's exported ONNX (the only reference for engine-only bundles)."""
-    names = {a["file"] for a in artifacts if a["kind"] == "onnx"}
-    exported = f"{manifest.get('deployed_variant', 'slim')}.onnx"
+    names = {a["file"] for a in artifacts if a["kind"] == ONNX.name}
+    exported = f"{manifest.get('deployed_variant', 'slim')}{ONNX.suffix}"
     if exported in manifest["files"]:
         names.add(exported)
     return names
@@ -373,11 +374,11 @@ def _cross_check(bundle_dir: Path, manifest: dict, artifacts: list[dict], models
     if deployed not in VARIANTS:
         raise ToolchainError(f"bundle {bundle_dir}: deployed_variant {_short(deployed)} is not slim or dense; "
                              f"{_REBUILD}")
-    variants_of: dict[str, set] = {f"{v}.onnx": {v} for v in VARIANTS}
+    variants_of: dict[str, set] = {f"{v}{ONNX.suffix}": {v} for v in VARIANTS}
     precisions_of: dict[str, set] = {}
     for art in artifacts:  # one file may be named by several artifacts: each claim is checked
         variants_of.setdefault(art["file"], set()).add(art["variant"])
-        if art["kind"] == "onnx":
+        if art["kind"] == ONNX.name:
             precisions_of.setdefault(art["file"], set()).add(art["precision"])
     plan_hash = channel_plan_hash(manifest.get("channel_plan"))
 

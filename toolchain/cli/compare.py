@@ -34,11 +34,10 @@ def register(sub) -> None:
 def _kind(path: Path) -> str:
     if not path.is_file():
         raise ToolchainError(f"{path} not found; pass a .pt checkpoint, an .onnx model or an .engine file")
-    suffix = path.suffix.lower()
-    kinds = {".pt": "torch", ".pth": "torch", ".onnx": "onnx", ".engine": "engine", ".plan": "engine"}
-    if suffix not in kinds:
-        raise ToolchainError(f"{path.name}: unknown model type '{suffix}'; pass a .pt, .onnx or .engine file")
-    return kinds[suffix]
+    from toolchain.artifacts.kinds import ONNX, TENSORRT_ENGINE, TORCH_CHECKPOINT, model_kind
+
+    kind = model_kind(path, (TORCH_CHECKPOINT, ONNX, TENSORRT_ENGINE))
+    return {TORCH_CHECKPOINT: "torch", ONNX: "onnx", TENSORRT_ENGINE: "engine"}[kind]
 
 
 def guess_precision(path: Path) -> str:

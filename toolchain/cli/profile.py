@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from toolchain.artifacts.kinds import ONNX, TENSORRT_ENGINE, is_kind
 from toolchain.errors import ToolchainError
 
 
@@ -43,7 +44,7 @@ def _batches(text, target) -> list[int]:
 
 
 def _runner_factory(path: Path, target):
-    if path.suffix in (".engine", ".plan"):
+    if is_kind(path, TENSORRT_ENGINE):
         from toolchain.runtime.trt_runner import TrtRunner
 
         return lambda: TrtRunner(path, cuda_graph=True).load()
@@ -68,9 +69,9 @@ def _bundle_runner(args, load_target):
     if not target_name:
         raise ToolchainError(f"bundle {bundle} names no target; pass --target (see `acsl targets`)")
     target = load_target(target_name)
-    variant_onnx = f"{manifest.get('deployed_variant', 'slim')}.onnx"
+    variant_onnx = f"{manifest.get('deployed_variant', 'slim')}{ONNX.suffix}"
     onnx_for_cost = bundle_path(bundle, variant_onnx) if variant_onnx in manifest["files"] else None
-    if artifact["kind"] == "onnx":
+    if artifact["kind"] == ONNX.name:
         def make_runner():
             return ort_runner_for(bundle, manifest, [artifact], list(target.onnxruntime.providers),
                                   target.onnxruntime.intra_op_threads)[0]
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             raise ToolchainError("--engine needs --target (e.g. --target cpu); see `acsl targets`")
         path, target = Path(args.engine), load_target(args.target)
         precision = args.precision or "fp32"
-        onnx_for_cost = path if path.suffix == ".onnx" else None
+        onnx_for_cost = path if is_kind(path, ONNX) else None
     if not path.is_file():
         raise ToolchainError(f"model not found: {path}")
     accuracy_fn = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from toolchain.artifacts.kinds import BUILD_SCRIPT, CALIBRATION_CACHE, ENGINE_SIDECAR, ONNX, kind_of
+
 Log = Callable[[str], None]
 
 
@@ -52,12 +54,12 @@ def _build_with_builder(build_pkg, cfg, onnx_path, target, precision, folder, lo
              if p.is_file() and _bundle_worthy(p, artifact)}
     status = record.get("status", "ok")
     if not getattr(result, "engine_built", True) and target.backend == "tensorrt":
-        return {"status": "not-built", "kind": "build-script",
+        return {"status": "not-built", "kind": BUILD_SCRIPT.name,
                 "reason": record.get("reason") or (
                     f"engine not built here ({target.tensorrt_flavour} is not installed): `bash "
                     f"{Path(folder).name}/build_engine.sh` builds it on the {target.name}, where it is measured"),
                 "artifact": None, "extra_files": extra, "record": record}
-    kind = "tensorrt-engine" if artifact is not None and artifact.suffix in (".engine", ".plan") else "onnx"
+    kind = (kind_of(artifact) or ONNX).name if artifact is not None else ONNX.name
     built = record.get("precision")
     if built and built != precision:  # e.g. INT8 rejected by the accuracy gate: not an INT8 variant at all
         gate = (record.get("int8") or {}).get("gate") or {}
@@ -75,7 +77,8 @@ def _build_with_builder(build_pkg, cfg, onnx_path, target, precision, folder, lo
 
 
 _BUNDLE_NAMES = ("build.json", "build_engine.sh", "trtexec.txt", "ort_calibration_ranges.json", "calibration_set.json")
-_BUNDLE_SUFFIXES = (".qdq.onnx", ".fp16.onnx", ".cache", ".engine.json", ".plan.json")
+# the Q/DQ and FP16 ONNX an engine is built from, the INT8 calibration cache, the engine's sidecar
+_BUNDLE_SUFFIXES = (".qdq.onnx", ".fp16.onnx", *CALIBRATION_CACHE.suffixes, *ENGINE_SIDECAR.suffixes)
 
 
 def _bundle_worthy(path: Path, artifact) -> bool:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from toolchain.deploy import adapters, stages
 from toolchain.artifacts.bundle import write_bundle
+from toolchain.artifacts.kinds import ONNX, TENSORRT_ENGINE, kind_of
+from toolchain.deploy import adapters, stages
 from toolchain.deploy.cache import StageCache, StageRecord, code_version
 from toolchain.errors import ToolchainError
 from toolchain.models.registry import display_name
@@ -144,10 +145,10 @@ def _profile_stage(cfg, target, onnx: dict[str, Path], build: StageRecord, folde
     for name, row in build.summary["rows"].items():
         variant, precision = name.split("-", 1)
         artifact = build.artifacts.get(name)
-        if row["status"] != "ok" or artifact is None or row["kind"] not in ("onnx", "tensorrt-engine"):
+        if row["status"] != "ok" or artifact is None or row["kind"] not in (ONNX.name, TENSORRT_ENGINE.name):
             profiles[name] = None if row["kind"] != "build-script" else _estimate_only(onnx[variant], target, precision)
             continue
-        if row["kind"] == "tensorrt-engine":
+        if row["kind"] == TENSORRT_ENGINE.name:
             why = _engine_not_runnable(artifact, target)
             if why:  # built (e.g. TensorRT-RTX ahead of time, no GPU here): say so, estimate only
                 profiles[name] = {**_estimate_only(onnx[variant], target, precision), "not_measured": why}
@@ -158,7 +159,7 @@ def _profile_stage(cfg, target, onnx: dict[str, Path], build: StageRecord, folde
         else:
             make = lambda a=artifact: OrtRunner(a, providers=providers, threads=threads).load()  # noqa: E731
         log(f"  profile {name} ({runs} runs, warm-up {warmup_s} s)")
-        cost_onnx = artifact if precision == "fp32" and row["kind"] == "onnx" else onnx[variant]
+        cost_onnx = artifact if precision == "fp32" and row["kind"] == ONNX.name else onnx[variant]
         profiles[name] = profile_engine(make,
                                         model_file=artifact, batches=target.profile_batch_sizes, runs=runs,
                                         warmup_s=warmup_s, onnx_path=cost_onnx,
@@ -222,7 +223,7 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
 
     on_target = on_target or (target.jetson and is_jetson())
     notes = [f"stage {k}: {'reused' if r.reused else 'ran'} ({r.seconds:.1f} s)" for k, r in done.items()]
-    built_here = [n for n, r in done["build"].summary["rows"].items() if r.get("kind") == "tensorrt-engine"
+    built_here = [n for n, r in done["build"].summary["rows"].items() if r.get("kind") == TENSORRT_ENGINE.name
                   and r.get("status") == "ok" and (profiles.get(n) or {}).get("not_measured")]
     if built_here:
         notes.insert(0, f"{len(built_here)} TensorRT engine(s) were built here by {target.tensorrt_flavour} but not "
@@ -276,9 +277,10 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
 
 
 def _bundle_name(name: str, artifact: Path) -> str:
-    if artifact.suffix in (".engine", ".plan"):  # next to its sidecar (<name>/model.engine.json), as TrtRunner needs
+    kind = kind_of(artifact)
+    if kind is TENSORRT_ENGINE:  # next to its sidecar (<name>/model.engine.json), as TrtRunner needs
         return f"{name}/{artifact.name}"
-    return f"{name}{''.join(artifact.suffixes[-1:])}" if artifact.suffix != ".onnx" else f"{name}.onnx"
+    return f"{name}{kind.suffix}" if kind is not None else f"{name}{''.join(artifact.suffixes[-1:])}"
 
 
 def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
@@ -294,19 +296,19 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
         if artifact is None and row.get("kind") == "build-script" and "build_engine.sh" in row.get("extra_files", []):
             # the engine build_engine.sh writes on the device (engines are tied to the device's TensorRT)
             device_builds.append({"file": f"{name}/model.engine", "sidecar": f"{name}/model.engine.json",
-                                  "build_script": f"{name}/build_engine.sh", "kind": "tensorrt-engine",
+                                  "build_script": f"{name}/build_engine.sh", "kind": TENSORRT_ENGINE.name,
                                   "variant": variant, "precision": precision})
         if artifact is not None:
             bname = _bundle_name(name, artifact)
             files[bname] = artifact
             artifacts.append({"file": bname, "kind": row["kind"], "variant": variant, "precision": precision})
-            if row["kind"] == "tensorrt-engine":  # the ONNX it was built from: ONNX Runtime's fallback, same precision
+            if row["kind"] == TENSORRT_ENGINE.name:  # the ONNX it was built from: ONNX Runtime's fallback, same precision
                 source = (row.get("record") or {}).get("engine_onnx")
                 key = f"{name}/{source}"
                 fallback = key if key in done["build"].artifacts else (
                     f"{variant}.onnx" if precision == "fp32" else None)
                 if fallback:
-                    artifacts.append({"file": fallback, "kind": "onnx", "variant": variant, "precision": precision})
+                    artifacts.append({"file": fallback, "kind": ONNX.name, "variant": variant, "precision": precision})
         for extra in row.get("extra_files", []):
             key = f"{name}/{extra}"
             if key in done["build"].artifacts:

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from toolchain.artifacts.kinds import ONNX, TENSORRT_ENGINE
 from toolchain.errors import ToolchainError
 
 ORT_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -67,9 +68,10 @@ def _pick_artifact(manifest: dict, precision: Optional[str], bundle: Path):
     wanted = precision or manifest.get("default_precision") or "fp32"
     variant = manifest.get("deployed_variant", "slim")
     matches = [a for a in artifacts if a["precision"] == wanted and a["variant"] == variant]
-    if not matches and precision is None and f"{variant}.onnx" in manifest["files"]:
+    exported = f"{variant}{ONNX.suffix}"
+    if not matches and precision is None and exported in manifest["files"]:
         # engines not built yet (bundle made off the device): run the exported FP32 ONNX
-        return "fp32", [{"file": f"{variant}.onnx", "kind": "onnx", "variant": variant, "precision": "fp32"}]
+        return "fp32", [{"file": exported, "kind": ONNX.name, "variant": variant, "precision": "fp32"}]
     if not matches:
         have = sorted({a["precision"] for a in artifacts if a["variant"] == variant})
         raise ToolchainError(f"bundle {bundle} has no {wanted} model (it has {', '.join(have) or 'none'}); "
@@ -80,7 +82,7 @@ def _pick_artifact(manifest: dict, precision: Optional[str], bundle: Path):
 def _try_tensorrt(bundle: Path, manifest: dict, artifacts: list[dict]) -> tuple[Optional[object], str]:
     from toolchain.artifacts.bundle import bundle_path
 
-    engines = [a for a in artifacts if a["kind"] == "tensorrt-engine"]
+    engines = [a for a in artifacts if a["kind"] == TENSORRT_ENGINE.name]
     if not engines:
         return None, "no TensorRT engine in the bundle"
     from toolchain.artifacts.trt_compat import tensorrt_available
@@ -108,7 +110,7 @@ def ort_runner_for(bundle: Path, manifest: dict, artifacts: list[dict], provider
     from toolchain.artifacts.bundle import bundle_path, read_verified
     from toolchain.runtime.ort_runner import OrtRunner, available_providers
 
-    onnx = [a for a in artifacts if a["kind"] == "onnx"]
+    onnx = [a for a in artifacts if a["kind"] == ONNX.name]
     if not onnx:
         raise ToolchainError(f"bundle {bundle} has no ONNX model for this precision; rebuild it with `acsl deploy`")
     name = onnx[0]["file"]
