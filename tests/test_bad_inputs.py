@@ -167,6 +167,12 @@ def plain_config(folder: Path, kit: Path) -> None:
     _write_config(folder)
 
 
+def _trained(folder: Path, kit: Path) -> None:
+    """A finished one-epoch run in runs/tiny (its dense_last.pt is resumable)."""
+    _write_config(folder)
+    assert acsl(["train", str(folder / "c.yaml")]) == 0
+
+
 def _small_label(root: Path) -> None:
     Image.fromarray(np.zeros((12, 16), np.uint8)).save(root / "train" / "labels" / "train_1.png")
 
@@ -342,6 +348,8 @@ CASES = [
          r"opset 99 is outside"),
     Case("export-bad-dynamic", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--dynamic", "banana"],
          r"--dynamic accepts batch, hw"),
+    Case("export-negative-real-images", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--real-images", "-3"],
+         r"--real-images must be 0"),
     Case("export-out-is-a-folder", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--out", "{kit}"],
          r"is a folder; pass a file path", missing_path=True),  # it suggests a file to write
     Case("export-out-under-a-file", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--out",
@@ -355,6 +363,9 @@ CASES = [
     Case("build-truncated-onnx", BUILD + ["{kit}/truncated.onnx"], r"re-run `acsl export`"),
     Case("build-onnx-other-input-size", BUILD + ["{kit}/ok.onnx", "--set", "data.input_size=[64,64]"],
          r"input_size is 64x64"),
+    Case("build-gate-on-no-images", BUILD + ["{kit}/ok.onnx", "--precision", "int8", "--eval-images", "-1"],
+         r"--eval-images must be at least 1"),
+    Case("build-negative-dla-core", BUILD + ["{kit}/ok.onnx", "--dla-core", "-1"], r"--dla-core must be 0 or more"),
     Case("build-out-is-a-file", ["build", "{cfg}", "--target", "cpu", "--onnx", "{kit}/ok.onnx", "--out",
                                  "{kit}/a_file"], r"a_file is a file"),
     Case("build-opset-99-onnx", BUILD + ["{kit}/opset99.onnx"], r"opset", xfail="owned by build"),
@@ -374,6 +385,8 @@ CASES = [
          r"not a bundle; deploy replaces"),
     Case("deploy-nan-checkpoint", ["deploy", "{cfg}", "--target", "cpu", "--checkpoint", "{kit}/nan.pt"],
          r"NaN/inf"),
+    Case("train-resume-with-another-width", ["train", "{cfg}", "--set", "model.width=0.25", "--resume"],
+         r"cannot resume from .*dense_last\.pt: it was written for another model", setup=_trained),
     Case("train-out-is-a-file", ["train", "{cfg}", "--out", "{kit}/a_file"], r"a_file is a file"),
     # bundles and profiling
     Case("profile-bundle-missing", ["profile", "--bundle", "{tmp}/nobundle"], r"bundle not found",
@@ -432,6 +445,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case: Case, kit, tmp_path, cap
     folder.mkdir()
     if case.setup:
         case.setup(folder, kit)
+        capsys.readouterr()  # a setup that runs acsl (a first training) prints
     monkeypatch.chdir(folder)
     subst = {"{cfg}": str(folder / "c.yaml"), "{tmp}": str(folder), "{kit}": str(kit)}
     argv = [re.sub(r"\{cfg\}|\{tmp\}|\{kit\}", lambda m: subst[m[0]], a) for a in case.argv]
@@ -498,19 +512,45 @@ def test_symbolic_nhw_onnx_builds_at_the_config_size(target, kit, tmp_path, caps
 
 # -- an engine's sidecar (read when a bundle's TensorRT engine is loaded) ---------------------------------------
 GOOD_SIDECAR = {"tensorrt_version": "8.6.2", "compute_capability": "8.7", "gpu_name": "Orin"}
-BAD_SIDECARS = [("tensorrt-version-banana", {"tensorrt_version": "banana"}),      # today: ValueError traceback
-                ("compute-capability-unknown", {"compute_capability": "unknown"}),  # today: accepted on any GPU
-                ("compute-capability-missing", {"compute_capability": None})]       # today: KeyError traceback
+ORIN, RTX = {"name": "Orin", "compute_capability": "8.7"}, {"name": "RTX 4090", "compute_capability": "8.9"}
+BAD_SIDECARS = [  # (id, edit, one-line error it must give); before: ValueError / KeyError tracebacks
+    ("tensorrt-version-banana", {"tensorrt_version": "banana"}, r"tensorrt_version 'banana', which is not a version"),
+    ("compute-capability-missing", {"compute_capability": "DROP"}, r"lacks compute_capability"),
+    ("sidecar-not-json", "{not json", r"is corrupt \(not JSON\)"),
+]
 
 
-@pytest.mark.xfail(strict=True, reason="owned by build")
-@pytest.mark.parametrize("edit", [b[1] for b in BAD_SIDECARS], ids=[b[0] for b in BAD_SIDECARS])
-def test_engine_sidecar_with_bad_fields_is_refused_in_one_line(edit):
-    from toolchain.artifacts.sidecar import check_engine_compatible
+def _engine_with_sidecar(folder: Path, edit) -> Path:
+    from toolchain.artifacts.sidecar import make_sidecar, sidecar_path, write_sidecar
+
+    engine = folder / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    side = make_sidecar(engine_path=engine, tensorrt_version="8.6.2", gpu=ORIN, precision="fp16",
+                        input_shapes={"input": [1, 3, 32, 32]}, dla_core=None, onnx_sha256="0" * 64, target="jetson")
+    if isinstance(edit, str):
+        sidecar_path(engine).write_text(edit)
+    else:
+        write_sidecar(engine, {k: v for k, v in {**side, **edit}.items() if v != "DROP"})
+    return engine
+
+
+@pytest.mark.parametrize("edit,match", [b[1:] for b in BAD_SIDECARS], ids=[b[0] for b in BAD_SIDECARS])
+def test_engine_sidecar_with_bad_fields_is_refused_in_one_line(tmp_path, edit, match):
+    from toolchain.artifacts.sidecar import check_engine_compatible, read_sidecar
     from toolchain.errors import ToolchainError
 
-    check_engine_compatible(GOOD_SIDECAR, "8.6.2", {"name": "Orin", "compute_capability": "8.7"})  # the good one loads
-    side = {k: v for k, v in {**GOOD_SIDECAR, **edit}.items() if v is not None}
-    with pytest.raises(ToolchainError) as err:
-        check_engine_compatible(side, "8.6.2", {"name": "RTX 4090", "compute_capability": "8.9"})
+    check_engine_compatible(read_sidecar(_engine_with_sidecar(tmp_path, {})), "8.6.2", ORIN)  # the good one loads
+    engine = _engine_with_sidecar(tmp_path, edit)
+    with pytest.raises(ToolchainError, match=match) as err:
+        check_engine_compatible(read_sidecar(engine), "8.6.2", RTX)
     assert "\n" not in str(err.value)
+
+
+def test_engine_sidecar_without_a_recorded_architecture_loads_with_a_warning(tmp_path):
+    """`compute_capability: "unknown"` (no GPU found at build time) used to be accepted silently on any GPU."""
+    from toolchain.artifacts.sidecar import check_engine_compatible, read_sidecar
+
+    side = read_sidecar(_engine_with_sidecar(tmp_path, {"compute_capability": "unknown"}))
+    warnings = check_engine_compatible(side, "8.6.2", RTX)
+    assert any("does not record the GPU architecture" in w and "8.9" in w for w in warnings), warnings
+    assert not any("architecture" in w for w in check_engine_compatible(GOOD_SIDECAR, "8.6.2", ORIN))

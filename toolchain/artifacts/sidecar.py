@@ -83,8 +83,14 @@ def check_engine_compatible(sidecar: dict, tensorrt_version: str, gpu: Optional[
     built_flavour = sidecar.get("tensorrt_flavour", "tensorrt")
     if built_flavour != flavour:
         problems.append(f"{built_flavour} {built} (this machine has {flavour} {tensorrt_version})")
-    elif parse_version(built) != parse_version(tensorrt_version):
-        problems.append(f"TensorRT {built} (this machine has {tensorrt_version})")
+    else:
+        try:
+            built_version = parse_version(str(built))
+        except ValueError:  # an edited or corrupt sidecar: one line, not a ValueError traceback
+            raise ToolchainError(f"engine sidecar says tensorrt_version {built!r}, which is not a version: the sidecar "
+                                 "is corrupt; rebuild the engine on the device") from None
+        if built_version != parse_version(tensorrt_version):
+            problems.append(f"TensorRT {built} (this machine has {tensorrt_version})")
     here_cc = (gpu or {}).get("compute_capability")
     built_ccs = [c.strip() for c in str(sidecar["compute_capability"]).split(",")]
     if here_cc is None:
@@ -96,6 +102,9 @@ def check_engine_compatible(sidecar: dict, tensorrt_version: str, gpu: Optional[
         raise ToolchainError(f"engine was built for {' and '.join(problems)}; engines are not portable: rebuild it "
                              "on this device with `acsl build` or the build_engine.sh next to it")
     warnings = []
+    if "unknown" in built_ccs:  # not recorded at build time: it may be another architecture
+        warnings.append(f"engine sidecar does not record the GPU architecture it was built for; if it fails to load "
+                        f"on this GPU (compute capability {here_cc}), rebuild it here")
     if gpu and sidecar["gpu_name"] not in ("unknown", gpu.get("name")):
         warnings.append(f"engine was tuned on {sidecar['gpu_name']}, running on {gpu.get('name')} (same architecture)")
     return warnings

@@ -21,6 +21,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from toolchain.build import build
 
+    from toolchain.errors import ToolchainError
+
+    if args.eval_images is not None and args.eval_images < 1:  # -1 made the INT8 gate pass on 0 images
+        raise ToolchainError(f"--eval-images must be at least 1, got {args.eval_images}")
+    if args.dla_core is not None and args.dla_core < 0:
+        raise ToolchainError(f"--dla-core must be 0 or more (a DLA core index), got {args.dla_core}")
     cfg = config_from_args(args)
     options = {"gate": not args.no_gate, "ignore_lint": args.ignore_lint,
                "eval_images": args.eval_images or cfg.deploy.eval_images}

@@ -21,6 +21,10 @@ def register(sub) -> None:
 def run(args) -> int:
     from toolchain.export import export_checkpoint
 
+    from toolchain.errors import ToolchainError
+
+    if args.real_images < 0:
+        raise ToolchainError(f"--real-images must be 0 (random inputs only) or more, got {args.real_images}")
     cfg = config_from_args(args)
     dynamic = [d.strip() for d in args.dynamic.split(",") if d.strip()] if args.dynamic is not None else None
     result = export_checkpoint(cfg, args.checkpoint, out=args.out, opset=args.opset, dynamic=dynamic,

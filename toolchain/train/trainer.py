@@ -188,9 +188,16 @@ def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None
     start_epoch, history, best, best_epoch = 0, [], None, -1
     ckpt = _resumable(last_path, stage) if resume else None
     if ckpt is not None:
-        unwrap(model).load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        try:  # a checkpoint of another width / model / optimizer than the config's: one line, not a torch dump
+            unwrap(model).load_state_dict(ckpt["model_state"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()
+            detail = " ".join(line.strip() for line in first[:2])[:200]
+            raise ToolchainError(f"cannot resume from {last_path}: it was written for another model or optimizer "
+                                 f"than the config's ({detail}); rerun without --resume to start this stage over, "
+                                 "or pass another --out") from None
         if "scaler" in ckpt and use_amp:
             scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
