@@ -350,6 +350,10 @@ CASES = [
          r"--dynamic accepts batch, hw"),
     Case("export-negative-real-images", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--real-images", "-3"],
          r"--real-images must be 0"),
+    Case("export-unknown-lint-target", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--target", "nosuch",
+                                        "--real-images", "0"], r"unknown target 'nosuch'"),
+    Case("export-config-target-unknown", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--real-images", "0",
+                                          "--set", "deploy.target=nosuch"], r"unknown target 'nosuch'"),
     Case("export-out-is-a-folder", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--out", "{kit}"],
          r"is a folder; pass a file path", missing_path=True),  # it suggests a file to write
     Case("export-out-under-a-file", ["export", "{cfg}", "--checkpoint", "{kit}/dense.pt", "--out",

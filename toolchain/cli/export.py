@@ -26,6 +26,9 @@ def run(args) -> int:
     if args.real_images < 0:
         raise ToolchainError(f"--real-images must be 0 (random inputs only) or more, got {args.real_images}")
     cfg = config_from_args(args)
+    from toolchain.targets import load_target
+
+    load_target(args.target or cfg.deploy.target)  # an unknown target fails before the .onnx is written
     dynamic = [d.strip() for d in args.dynamic.split(",") if d.strip()] if args.dynamic is not None else None
     result = export_checkpoint(cfg, args.checkpoint, out=args.out, opset=args.opset, dynamic=dynamic,
                                simplify=args.simplify, target=args.target, real_images=args.real_images)
