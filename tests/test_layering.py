@@ -12,6 +12,8 @@ Every import counts, function-level ones included (they are how a cycle hides), 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -102,6 +104,17 @@ def test_bottom_layer_and_runtime_import_nothing_from_the_training_or_deploy_sid
     assert any(_subpackage(m) == BOTTOM for m in _modules()), "toolchain.artifacts (the bottom layer) is missing"
 
 
+def test_importing_the_runtime_loads_only_the_runtime_and_the_bottom_layer():
+    """The same rule, observed: what `from toolchain.runtime import load` really imports."""
+    code = ("import sys\nfrom toolchain.runtime import load, OrtRunner, TrtRunner\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('toolchain.') or m == 'torch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    loaded = out.stdout.split()
+    assert "toolchain.runtime.bundle" in loaded  # the import really ran
+    assert "torch" not in loaded  # a device with ONNX Runtime or TensorRT only needs no torch (TorchRunner is lazy)
+    assert [m for m in loaded if m != "torch" and _subpackage(m) not in RUNTIME_MAY_REACH] == []
+
+
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -168,3 +181,8 @@ def test_kinds_table_covers_every_file_the_bundle_writer_produces():
     assert kinds.kind_of("a/model.engine") is kinds.TENSORRT_ENGINE
     assert kinds.kind_of("m.int8.qdq.onnx") is kinds.ONNX and kinds.kind_of("M.ONNX") is kinds.ONNX
     assert kinds.kind_of("weights.bin") is None
+    # the sidecar next to an engine (as the builder writes it) is a sidecar for every engine suffix
+    from toolchain.artifacts.sidecar import sidecar_path
+
+    for suffix in kinds.TENSORRT_ENGINE.suffixes:
+        assert kinds.kind_of(sidecar_path(f"slim-fp16/model{suffix}")) is kinds.ENGINE_SIDECAR

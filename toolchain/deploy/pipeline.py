@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from toolchain.artifacts.bundle import write_bundle
-from toolchain.artifacts.kinds import ONNX, TENSORRT_ENGINE, kind_of
+from toolchain.artifacts.kinds import BUILD_SCRIPT, ONNX, TENSORRT_ENGINE, kind_of
+from toolchain.artifacts.sidecar import sidecar_path
 from toolchain.deploy import adapters, stages
 from toolchain.deploy.cache import StageCache, StageRecord, code_version
 from toolchain.errors import ToolchainError
@@ -293,9 +294,10 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
     for name, row in done["build"].summary["rows"].items():
         variant, precision = name.split("-", 1)
         artifact = done["build"].artifacts.get(name)
-        if artifact is None and row.get("kind") == "build-script" and "build_engine.sh" in row.get("extra_files", []):
+        if artifact is None and row.get("kind") == BUILD_SCRIPT.name and "build_engine.sh" in row.get("extra_files", []):
             # the engine build_engine.sh writes on the device (engines are tied to the device's TensorRT)
-            device_builds.append({"file": f"{name}/model.engine", "sidecar": f"{name}/model.engine.json",
+            engine = f"{name}/model{TENSORRT_ENGINE.suffix}"
+            device_builds.append({"file": engine, "sidecar": sidecar_path(engine).as_posix(),
                                   "build_script": f"{name}/build_engine.sh", "kind": TENSORRT_ENGINE.name,
                                   "variant": variant, "precision": precision})
         if artifact is not None:

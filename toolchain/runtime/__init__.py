@@ -5,6 +5,15 @@ verifies the bundle (`toolchain.artifacts.bundle.verify_bundle`) and runs the ve
 """
 from toolchain.runtime.base import Runner, predict_fn, static_batch  # noqa: F401
 from toolchain.runtime.ort_runner import OrtRunner  # noqa: F401
-from toolchain.runtime.torch_runner import TorchRunner  # noqa: F401
 from toolchain.runtime.trt_runner import TrtRunner  # noqa: F401
 from toolchain.runtime.bundle import DeployedModel, Prediction, load  # noqa: F401
+
+
+def __getattr__(name: str):
+    """`TorchRunner` is imported on first use, so `from toolchain.runtime import load` on a device
+    with ONNX Runtime or TensorRT only does not need torch."""
+    if name == "TorchRunner":
+        from toolchain.runtime.torch_runner import TorchRunner
+
+        return TorchRunner
+    raise AttributeError(f"module 'toolchain.runtime' has no attribute {name!r}")
