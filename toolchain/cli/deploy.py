@@ -45,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup_s < 0:
         raise ToolchainError("--runs must be >= 1 and --warmup-s >= 0")
     target = load_target(args.target)
+    from toolchain.data import uses_synthetic
+
+    if not uses_synthetic(cfg):  # labels of another size, malformed points: one line before the run folder is made
+        from toolchain.data.check import check_dataset
+
+        check_dataset(cfg)  # image headers only (about a second for CamVid)
     if args.checkpoint:  # a missing, corrupt, mismatched or NaN checkpoint: one line before the run folder is made
         from toolchain.train.checkpoint import load_model
 
