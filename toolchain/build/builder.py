@@ -45,7 +45,7 @@ def _prepare(cfg, onnx_path: Path, target, out_dir: Path, ignore_lint: bool, log
     from toolchain.export.onnx_io import check_onnx_matches_config, load_onnx
 
     proto = load_onnx(onnx_path)
-    signature = check_onnx_matches_config(proto, cfg)
+    signature = check_onnx_matches_config(proto, cfg, where=str(onnx_path))
     lint = lint_onnx(proto, target)
     log(lint.format())
     if lint.errors and not ignore_lint:
@@ -123,9 +123,17 @@ def build_onnxruntime(cfg, onnx_path: Path, target, precision: str, out_dir: Pat
     kept, skipped = filter_providers(providers, available_providers())
     with OrtRunner(optimised, kept, opt_level=target.onnxruntime.graph_optimization_level,
                    threads=target.onnxruntime.intra_op_threads) as runner:
-        shape = [d if isinstance(d, int) else 1 for d in runner.input_shapes[runner.input_names[0]]]
-        shape[2:] = [d if isinstance(d, int) and d > 0 else s for d, s in zip(shape[2:], cfg.data.input_size)]
-        runner.infer({runner.input_names[0]: np.zeros(shape, np.float32)})
+        declared = list(runner.input_shapes[runner.input_names[0]])
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in declared]
+        shape[2:] = [d if isinstance(d, int) and d > 0 else s for d, s in zip(declared[2:], cfg.data.input_size)]
+        probes = [shape] + ([[2] + shape[1:]] if not isinstance(declared[0], int) else [])  # a dynamic batch must work
+        for probe in probes:
+            try:
+                runner.infer({runner.input_names[0]: np.zeros(probe, np.float32)})
+            except ToolchainError as err:
+                raise ToolchainError(f"{onnx_path.name} declares input shape {declared} but does not run at "
+                                     f"{probe}: {str(err)[:240]}; re-export it with `acsl export` "
+                                     "(--dynamic only if the graph really is)") from None
         used = runner.providers
     record.update({
         "target": target.name, "precision_requested": precision, "precision": built_precision,
@@ -338,4 +346,36 @@ def build(cfg, onnx_path: str | Path, target, precision: Optional[str] = None, o
     builder = build_tensorrt if target.backend == "tensorrt" else build_onnxruntime
     if target.backend != "tensorrt":
         options.pop("dla_core", None)
-    return builder(cfg, Path(onnx_path), target, precision, out_dir, **options)
+    before = _listing(out_dir)
+    try:
+        return builder(cfg, Path(onnx_path), target, precision, out_dir, **options)
+    except ToolchainError:
+        _remove_new(out_dir, before)
+        raise
+    except Exception as err:  # noqa: BLE001 - an ONNX Runtime / TensorRT failure on a user's file: one line
+        if type(err).__module__.split(".")[0] not in ("onnxruntime", "onnx", "tensorrt", "tensorrt_rtx"):
+            _remove_new(out_dir, before)
+            raise
+        _remove_new(out_dir, before)
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ToolchainError(f"{Path(onnx_path).name}: {type(err).__name__} while building for '{target.name}': "
+                             f"{first[:300]}; re-export it with `acsl export` and this config") from None
+
+
+def _listing(folder: Path) -> Optional[set]:
+    """Every path under `folder` (None when it does not exist yet)."""
+    return set(folder.rglob("*")) if folder.exists() else None
+
+
+def _remove_new(folder: Path, before: Optional[set]) -> None:
+    """A failed build leaves nothing behind: remove what it created under `folder` (the folder too if new)."""
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    if not folder.exists():
+        return
+    for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

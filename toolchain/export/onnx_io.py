@@ -54,10 +54,12 @@ def io_signature(model) -> dict[str, Any]:
             "outputs": [{"name": o.name, "shape": _dims(o)} for o in model.graph.output]}
 
 
-def check_onnx_matches_config(model_or_path, cfg) -> dict:
-    """Check the model has one NCHW float input named `input` whose H x W fit the config; return its signature."""
+def check_onnx_matches_config(model_or_path, cfg, where: str | None = None) -> dict:
+    """Check the ONNX describes the config's model: one NCHW float input named `input` whose H x W fit the
+    config, an opset this environment builds, the same model, task and number of classes (metadata and
+    output shape); return its signature. Each mismatch is a one-line ToolchainError naming `where`."""
     model = load_onnx(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path
-    where = str(model_or_path) if isinstance(model_or_path, (str, Path)) else "the ONNX model"
+    where = where or (str(model_or_path) if isinstance(model_or_path, (str, Path)) else "the ONNX model")
     inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise ToolchainError(f"{where} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); the toolchain "
@@ -75,4 +77,42 @@ def check_onnx_matches_config(model_or_path, cfg) -> dict:
         if isinstance(got, int) and got != want:
             raise ToolchainError(f"{where}: input '{inp.name}' has shape {dims} but the config's data.input_size is "
                                  f"{want_h}x{want_w}; re-export with this config or fix data.input_size")
+    _check_opset(model, where)
+    _check_model_and_classes(model, cfg, where)
     return io_signature(model)
+
+
+MIN_OPSET = 11
+
+
+def _check_opset(model, where: str) -> None:
+    """The default-domain opset must be one this environment's onnx (and so ONNX Runtime) knows."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and not MIN_OPSET <= entry.version <= newest:
+            raise ToolchainError(f"{where} uses ONNX opset {entry.version}; this toolchain builds opsets {MIN_OPSET}.."
+                                 f"{newest}: re-export it with `acsl export --opset 17`")
+
+
+def _check_model_and_classes(model, cfg, where: str) -> None:
+    """The ONNX's own metadata (written by `acsl export`) and output shape must describe the config's model."""
+    from toolchain.models.registry import display_name
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    fix = "export it from a checkpoint of this config (`acsl export CONFIG --checkpoint ...`) or build with its own config"
+    exported, expected = meta.get("model_name"), display_name(cfg.model.name)
+    if exported and exported != expected:
+        raise ToolchainError(f"{where} was exported from model '{exported}' but the config's model is '{expected}'; {fix}")
+    if meta.get("task") and meta["task"] != cfg.task:
+        raise ToolchainError(f"{where} is a {meta['task']} model but the config's task is {cfg.task}; {fix}")
+    classes = {int(meta["num_classes"])} if str(meta.get("num_classes", "")).isdigit() else set()
+    if cfg.task in ("segmentation", "classification") and len(model.graph.output) == 1:
+        out = _dims(model.graph.output[0])
+        if len(out) >= 2 and isinstance(out[1], int):
+            classes.add(out[1])
+    wrong = sorted(k for k in classes if k != cfg.data.num_classes)
+    if wrong:
+        raise ToolchainError(f"{where} predicts {wrong[0]} classes but the config has data.num_classes="
+                             f"{cfg.data.num_classes}; {fix}")
