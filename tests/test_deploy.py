@@ -84,6 +84,13 @@ def test_report_has_every_field(deployed):
             assert row["profile"]["latency"]["1"]["runs"] == 5
             assert row["profile"]["layers_top10"]["layers"]
     assert report["layers_before_after"] and "data:image/png;base64," in result.report_html.read_text()
+    # latency realisation: speed-up / MACs ratio for every precision measured for both dense and slim
+    fp32 = next(r for r in report["realisation"] if r["precision"] == "fp32")
+    rows = {r["variant"]: r for r in report["variants"]}
+    speedup = rows["dense-fp32"]["latency_median_ms"] / rows["slim-fp32"]["latency_median_ms"]
+    assert fp32["macs_ratio"] > 1.5 and abs(fp32["speedup"] - speedup) < 1e-3
+    assert abs(fp32["realisation"] - fp32["speedup"] / fp32["macs_ratio"]) < 1e-2
+    assert "Latency realisation" in (result.report_json.parent / "report.md").read_text()
 
 
 def test_load_bundle_reproduces_exported_onnx(deployed):

@@ -271,10 +271,28 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
                               size_bytes=onnx[variant].stat().st_size,
                               accuracy=prof.get("accuracy", {}).get("value"), accuracy_metric=metric)
             report["variants"].append(row)
-    report["layers_before_after"] = compare_layers(onnx_cost(onnx["dense"]), onnx_cost(onnx["slim"]))
+    dense_cost, slim_cost = onnx_cost(onnx["dense"]), onnx_cost(onnx["slim"])
+    report["layers_before_after"] = compare_layers(dense_cost, slim_cost)
+    report["realisation"] = latency_realisation(report["variants"], dense_cost["macs"], slim_cost["macs"])
     report["pytorch_metrics"] = {"dense": done["train"].summary.get("metric"),
                                  "slim": done["prune"].summary.get("metric")}
     return report
+
+
+def latency_realisation(variants: list[dict], dense_macs: float, slim_macs: float) -> list[dict]:
+    """Per precision where dense and slim were both measured: MACs ratio, measured speed-up and
+    realisation = speed-up / MACs ratio (1.0: every MAC removed became time saved)."""
+    measured = {(r["model"], r["precision"]): r["latency_median_ms"] for r in variants
+                if r["status"] == "ok" and r.get("latency_median_ms") and "host reference" not in r["variant"]}
+    macs_ratio = dense_macs / slim_macs if slim_macs else None
+    rows = []
+    for precision in ("fp32", "fp16", "int8"):
+        dense, slim = measured.get(("dense", precision)), measured.get(("slim", precision))
+        if dense and slim and macs_ratio:
+            speedup = dense / slim
+            rows.append({"precision": precision, "dense_ms": dense, "slim_ms": slim, "macs_ratio": round(macs_ratio, 3),
+                         "speedup": round(speedup, 3), "realisation": round(speedup / macs_ratio, 3)})
+    return rows
 
 
 def _bundle_name(name: str, artifact: Path) -> str:

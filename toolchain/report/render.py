@@ -69,6 +69,22 @@ def _top_layers(report: dict) -> list[tuple[str, str, list[dict]]]:
     return out
 
 
+REALISATION_COLUMNS = (
+    ("precision", lambda r: r["precision"]), ("dense ms", lambda r: f"{r['dense_ms']:.3f}"),
+    ("slim ms", lambda r: f"{r['slim_ms']:.3f}"), ("MACs ratio", lambda r: f"{r['macs_ratio']:.2f}x"),
+    ("measured speed-up", lambda r: f"{r['speedup']:.2f}x"), ("realisation", lambda r: f"{r['realisation']:.2f}"))
+
+
+def _realisation_markdown(report: dict) -> list[str]:
+    real = report.get("realisation") or []
+    if not real:
+        return []
+    lines = ["## Latency realisation (slim vs dense)", "",
+             "| " + " | ".join(h for h, _ in REALISATION_COLUMNS) + " |", "|" + " --- |" * len(REALISATION_COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r) for _, fmt in REALISATION_COLUMNS) + " |" for r in real]
+    return lines + ["", "Realisation = measured speed-up / MACs ratio: 1.0 when every MAC removed became time saved.", ""]
+
+
 def to_markdown(report: dict) -> str:
     metric = report["metric"]["name"]
     lines = [f"# Deploy report: {report['experiment'].get('name')} on {report['target']['name']}", ""]
@@ -79,6 +95,7 @@ def to_markdown(report: dict) -> str:
         lines.append("| " + " | ".join(c.replace("|", "/") for c in table_cells(row, metric)) + " |")
     lines += ["", "Latency: batch 1, warm-up by time then timed runs; median and p99 per inference. "
               "host RSS +: peak resident memory over the idle process while loading and running.", ""]
+    lines += _realisation_markdown(report)
     est = _estimate_lines(report)
     if est:
         lines += ["## Estimates (not measurements)", ""] + [f"- {l}" for l in est] + [""]
@@ -129,6 +146,10 @@ def to_html(report: dict, pngs: dict[str, bytes]) -> str:
     body = [f"<h1>{html.escape(title)}</h1><ul>"] + [f"<li>{html.escape(f)}</li>" for f in _header_facts(report)] + ["</ul>"]
     body.append(html_table([h for _, h in TABLE_COLUMNS], [table_cells(r, metric) for r in report["variants"]],
                            [r["status"] for r in report["variants"]]))
+    real = report.get("realisation") or []
+    if real:
+        body.append("<h2>Latency realisation (slim vs dense)</h2>" + html_table(
+            [h for h, _ in REALISATION_COLUMNS], [[fmt(r) for _, fmt in REALISATION_COLUMNS] for r in real]))
     est = _estimate_lines(report)
     if est:
         body.append("<h2>Estimates (not measurements)</h2><ul class='estimate'>" +
