@@ -100,3 +100,18 @@ def test_jetson_bundle_scripts_build_inside_the_bundle(runs, tmp_path):
         assert (bundle / entry["file"]).is_file()
         args = (bundle / entry["build_script"]).with_name("args.txt").read_text()
         assert onnx_arg in args, args
+    # load() picks up the engine build_engine.sh wrote (the default precision, fp16): here it is a stub for
+    # TensorRT 8.6 on an Orin, so it is refused as not usable on this machine, in one line, and ONNX Runtime runs
+    from toolchain.errors import ToolchainError
+    from toolchain.runtime import load
+
+    model = load(bundle)
+    assert "slim-fp16/model.engine" in model.fallback_reason and "not usable here" in model.fallback_reason
+    assert "\n" not in model.fallback_reason and model.backend_description.startswith("ONNX Runtime")
+    # a sidecar that does not bind the engine to a checksummed ONNX of this bundle is refused
+    entry = planned[("slim", "fp16")]
+    side = json.loads((bundle / entry["sidecar"]).read_text())
+    (bundle / entry["sidecar"]).write_text(json.dumps({**side, "engine_onnx_sha256": "0" * 64}))
+    with pytest.raises(ToolchainError, match="was not built from an ONNX of this bundle"):
+        load(bundle)
+    assert load(bundle, backend="onnxruntime").precision == "fp32"  # ONNX Runtime never touches device engines

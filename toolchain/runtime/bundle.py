@@ -104,6 +104,51 @@ def _try_tensorrt(bundle: Path, manifest: dict, artifacts: list[dict]) -> tuple[
         return None, f"TensorRT engine not usable here ({err})"
 
 
+def device_build(manifest: dict, precision: str, bundle: Path) -> Optional[dict]:
+    """The manifest's `device_builds` entry for the deployed variant at `precision` whose engine exists
+    (written on the device by the variant's build_engine.sh after the bundle was made), or None."""
+    from toolchain.artifacts.bundle import bundle_path
+
+    variant = manifest.get("deployed_variant", "slim")
+    for build in manifest.get("device_builds") or []:
+        if build.get("variant") == variant and build.get("precision") == precision and "file" in build:
+            if bundle_path(bundle, build["file"], "device build file").is_file():
+                return build
+    return None
+
+
+def _try_device_engine(bundle: Path, manifest: dict, build: dict) -> tuple[Optional[object], str]:
+    """A TensorRT runner on an engine build_engine.sh wrote on this device, bound to the bundle.
+
+    The engine is not in the manifest's checksums (it did not exist when the bundle was written), so
+    it is trusted only through its sidecar: the sidecar's `engine_onnx_sha256` (the ONNX the script
+    built from) must be one of the manifest's checksummed files, and TrtRunner checks the engine's
+    bytes against the sidecar's `engine_sha256` and its TensorRT version / GPU against this device.
+    """
+    from toolchain.artifacts.bundle import bundle_path
+    from toolchain.artifacts.sidecar import read_sidecar, sidecar_path
+    from toolchain.artifacts.trt_compat import tensorrt_available
+
+    engine = bundle_path(bundle, build["file"], "device build file")
+    side = bundle_path(bundle, build.get("sidecar") or sidecar_path(build["file"]).as_posix(), "device build sidecar")
+    if side != sidecar_path(engine) or not side.is_file():
+        return None, f"device engine {build['file']} has no sidecar next to it: rerun {build.get('build_script')}"
+    sidecar = read_sidecar(engine)
+    if sidecar.get("engine_onnx_sha256") not in set(manifest["files"].values()):
+        raise ToolchainError(f"bundle {bundle}: device engine {build['file']} was not built from an ONNX of this "
+                             f"bundle (its sidecar's engine_onnx_sha256 is not a checksum in manifest.json); refused: "
+                             f"rerun {build.get('build_script')} on this device")
+    if not tensorrt_available():
+        return None, "the tensorrt package is not installed here"
+    from toolchain.runtime.trt_runner import TrtRunner
+
+    try:
+        return (TrtRunner(engine).load(),
+                f"TensorRT engine {build['file']} (built on this device by build_engine.sh from a checksummed ONNX)")
+    except ToolchainError as err:
+        return None, f"TensorRT engine {build['file']} not usable here ({err})"
+
+
 def ort_runner_for(bundle: Path, manifest: dict, artifacts: list[dict], providers: Optional[Sequence[str]],
                    threads: Optional[int], load: bool = True):
     """An OrtRunner over the verified bytes of the bundle's ONNX artifact (not re-read from disk)."""
@@ -194,7 +239,14 @@ class DeployedModel:
         self.bundle = Path(bundle_dir)
         # manifest_sha256: of the manifest.json bytes verified here; pin it with expect_manifest_sha256=
         self.manifest, self.manifest_sha256 = verify_bundle_pinned(self.bundle, expect_manifest_sha256)
-        self.precision, artifacts = _pick_artifact(self.manifest, precision, self.bundle)
+        wanted = precision or self.manifest.get("default_precision") or "fp32"
+        variant = self.manifest.get("deployed_variant", "slim")
+        listed = any(a.get("precision") == wanted and a.get("variant") == variant
+                     for a in self.manifest.get("artifacts", []))
+        # an engine build_engine.sh wrote on this device after the bundle was made (not in the checksums)
+        on_device = None if listed or backend == "onnxruntime" else device_build(self.manifest, wanted, self.bundle)
+        if on_device is None:
+            self.precision, artifacts = _pick_artifact(self.manifest, precision, self.bundle)
         self.task = self.manifest["task"]
         self.class_names = list(self.manifest.get("classes") or [])
         self.preprocessing = dict(self.manifest["preprocessing"])
@@ -202,8 +254,18 @@ class DeployedModel:
         self._lock = threading.Lock()
         self._latencies_ms: collections.deque = collections.deque(maxlen=history)
         self.runner, why = None, ""
-        if backend in ("auto", "tensorrt"):
-            self.runner, why = _try_tensorrt(self.bundle, self.manifest, artifacts)
+        if on_device is not None:
+            self.runner, why = _try_device_engine(self.bundle, self.manifest, on_device)
+            if self.runner is not None:
+                self.precision, artifacts = wanted, []
+            else:  # the listed ONNX of that precision (or the exported FP32 one when none is listed)
+                try:
+                    self.precision, artifacts = _pick_artifact(self.manifest, precision, self.bundle)
+                except ToolchainError as err:
+                    raise ToolchainError(f"{err}; {why}") from None
+        if self.runner is None and backend in ("auto", "tensorrt"):
+            found, listed_why = _try_tensorrt(self.bundle, self.manifest, artifacts)
+            self.runner, why = found, (why if on_device is not None else listed_why)
             if self.runner is None and backend == "tensorrt":
                 raise ToolchainError(f"backend='tensorrt' requested but {why}")
         if self.runner is None:
