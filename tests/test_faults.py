@@ -170,6 +170,7 @@ def test_ctrl_c_prints_the_exact_command_that_resumes(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(f"{module}.{name}", interrupted)
     monkeypatch.setattr(sys, "argv", ["/some/venv/bin/acsl"])
+    monkeypatch.delenv("MAKELEVEL", raising=False)  # under `make test` the line also names the make command
     argv = [a.format(config=config) for a in command]
     assert acsl(argv) == 130
     line = _one_line(capsys.readouterr().err)
