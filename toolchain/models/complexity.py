@@ -41,6 +41,25 @@ def _input_parameter(model: nn.Module) -> torch.Tensor | None:
     return next(model.parameters(), None)
 
 
+def probe_forward(model: nn.Module, hooks: dict[nn.Module, callable], input_size: tuple[int, int],
+                  in_channels: int = 3) -> None:
+    """One forward pass on a zero `in_channels x H x W` image in eval mode, without gradients, with
+    `hooks` (module -> forward hook) registered only for its duration; the training mode is restored."""
+    reference = _input_parameter(model)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, *(int(v) for v in input_size), device=device, dtype=dtype))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, int] = (224, 224), in_channels: int = 3) -> int:
     """Multiply-accumulates of one forward pass on one `in_channels x H x W` image.
 
@@ -51,26 +70,14 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] = (224, 224), in_ch
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise ToolchainError(f"{type(model).__name__} needs an input height and width that are positive "
                              f"multiples of {multiple}, got {height}x{width}; choose another input size")
-    reference = _input_parameter(model)
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     total = 0
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         nonlocal total
         total += _layer_macs(module, inputs, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, height, width, device=device, dtype=dtype))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe_forward(model, {m: hook for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))},
+                  (height, width), in_channels)
     return int(total)
 
 

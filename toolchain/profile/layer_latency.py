@@ -51,22 +51,11 @@ class ConvSpec:
 
 def conv_specs(model: nn.Module, input_size: tuple[int, int]) -> list[ConvSpec]:
     """Every nn.Conv2d of `model` (plain or depthwise) with the spatial size of its input at `input_size`."""
+    from toolchain.models.complexity import probe_forward
+
     shapes: dict[str, tuple[int, int]] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(
-                lambda mod, inputs, output, name=name: shapes.__setitem__(name, tuple(inputs[0].shape[-2:]))))
-    param = next(model.parameters())
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    probe_forward(model, {module: (lambda mod, inputs, output, name=name: shapes.__setitem__(name, tuple(inputs[0].shape[-2:])))
+                          for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}, input_size)
     specs = []
     for name, m in model.named_modules():
         if not isinstance(m, nn.Conv2d) or name not in shapes:

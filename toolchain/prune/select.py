@@ -176,8 +176,10 @@ def resolve_round_to(round_to, target: str | None = None, precision: str | None 
 
 def _spatial_sizes(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
     """Per conv / linear: the spatial factor of its MAC count for one image (see CostModel)."""
+    from toolchain.models.complexity import probe_forward
+
     sizes: dict[str, int] = {}
-    hooks = []
+    hooks = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             def hook(mod, inputs, output, name=name):
@@ -187,17 +189,8 @@ def _spatial_sizes(model: nn.Module, input_size: tuple[int, int]) -> dict[str, i
                     sizes[name] = inputs[0][0, 0].numel()
                 else:
                     sizes[name] = output[0].numel() // mod.out_features
-            hooks.append(module.register_forward_hook(hook))
-    param = next(model.parameters())
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+            hooks[module] = hook
+    probe_forward(model, hooks, input_size)
     return sizes
 
 
