@@ -1,6 +1,7 @@
 """Latency budget (issue 11): `latency=Tms` budgets, per-layer latency tables (cached by target + machine +
 model), the latency model's prediction, saliency per ms saved, and the prune pipeline's predicted vs measured ms."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +144,50 @@ def test_latency_budget_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch):
     bench.write_results({"command": "x", "machine": "m", "onnxruntime": "v", "rounds": 1, "runs": 1,
                          "models": [result]}, tmp_path / "out")
     assert "| latency (0.7 x dense) | latency=" in (tmp_path / "out.md").read_text()
+
+
+def test_latency_budget_benchmark_checkpoint_mode_recovers_plans_at_matched_latency(tmp_path, monkeypatch):
+    """--checkpoint mode on a tiny synthetic segmenter: plans selected, pruned and recovered with run_prune,
+    timed together, written as json / md / png."""
+    import functools
+
+    import yaml
+    from conftest import load_benchmark
+
+    import toolchain.profile.layer_latency as layer_latency
+    from toolchain.config import load_config
+    from toolchain.train.checkpoint import save_checkpoint
+
+    bench = load_benchmark("latency_budget")
+    raw = {"name": "tiny_lat", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
+           "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 4},
+           "train": {"epochs": 1, "batch_size": 2, "threads": 1, "seed": 0},
+           "prune": {"method": "acsl", "round_to": "target", "min_channels": 2,
+                     "sparsity": {"epochs": 1, "lam": 0.5}, "recover": {"method": "finetune", "epochs": 1}},
+           "deploy": {"target": "cpu"}, "out_dir": str(tmp_path / "runs")}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "tiny.yaml")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "dense.pt", create_model("segnet", 3, width=0.125), cfg, stage="dense")
+    monkeypatch.setattr(layer_latency, "build_latency_table",
+                        functools.partial(layer_latency.build_latency_table, points=2, runs=1, log=None))
+    base = tmp_path / "out" / "lat"
+    assert bench.main(["--checkpoint", str(tmp_path / "dense.pt"), "--config", str(tmp_path / "tiny.yaml"),
+                       "--fractions", "0.8,0.01", "--steps", "2", "--search-rounds", "1", "--search-runs", "2",
+                       "--rounds", "2", "--runs", "2", "--runs-dir", str(tmp_path / "bench"), "--out", str(base)]) == 0
+    result = json.loads(base.with_suffix(".json").read_text())
+    assert [p["kind"] for p in result["plans"]] == [None, "latency", "params", "flops"]
+    assert [u["fraction"] for u in result["unreachable"]] == [0.01]  # below the min_channels floor: said so
+    for p in result["plans"]:
+        assert p["measured_ms"] > 0 and p["predicted_ms"] > 0 and p["test"] is not None
+        assert len(p["round_medians_ms"]) == 2
+    for p in result["plans"][1:]:
+        assert p["recover_epochs"] == 1 and (Path(p["run"]) / "slim.pt").is_file()
+        assert p["macs"] < result["plans"][0]["macs"] and p["trials"]
+        assert all(k % result["round_to"] == 0 or k == g for k, g in zip(p["kept"], result["plans"][0]["kept"]))
+    md = base.with_suffix(".md").read_text()
+    assert "| latency (0.8 x dense) | latency=" in md and "0.01 x dense: not reachable" in md
+    assert "Command: `python benchmarks/latency_budget.py --checkpoint" in md
+    assert base.with_suffix(".png").stat().st_size > 1000
+    # a user mistake is one line, exit 2
+    assert bench.main(["--config", str(tmp_path / "tiny.yaml")]) == 2
