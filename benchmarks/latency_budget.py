@@ -404,20 +404,22 @@ def write_checkpoint_plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     colours = {None: "black", "latency": "tab:red", "params": "tab:blue", "flops": "tab:green"}
+    offsets = {None: (-14, 6), "latency": (5, 5), "params": (5, -10), "flops": (-24, -10)}  # MACs-ratio labels
     for kind in colours:
         pts = [p for p in result["plans"] if p["kind"] == kind and p["test"] is not None]
         if pts:
             ax.scatter([p["measured_ms"] for p in pts], [p["test"] for p in pts], c=colours[kind], s=40,
                        label=kind or "dense", zorder=3)
             for p in pts:
-                ax.annotate(f"{p['macs_ratio']:.1f}x MACs", (p["measured_ms"], p["test"]), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
+                ax.annotate(f"{p['macs_ratio']:.1f}x", (p["measured_ms"], p["test"]), fontsize=7,
+                            xytext=offsets[kind], textcoords="offset points", color=colours[kind])
     for p in result["plans"]:
         if "target_ms" in p:
             ax.axvline(p["target_ms"], color="grey", lw=0.6, ls=":")
     ax.set_xlabel("measured ms, ONNX Runtime CPU, 1 thread, batch 1")
     ax.set_ylabel(f"test {result['metric']}")
-    ax.set_title(f"{result['config']}: {result['method']} plans at matched latency")
+    ax.set_title(f"{result['config']}: {result['method']} plans at matched latency (labels: MACs ratio)",
+                 fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
@@ -476,6 +478,9 @@ def main(argv=None) -> int:
     p.add_argument("--search-runs", type=int, default=10)
     p.add_argument("--runs-dir", help="where the prune runs go (default benchmarks/.runs/latency_budget/<name>)")
     p.add_argument("--note", default="", help="a sentence for the md (e.g. how loaded the machine was)")
+    p.add_argument("--report-only", metavar="RESULTS.json",
+                   help="only redraw the md / png of a --checkpoint results JSON (with --reading)")
+    p.add_argument("--reading", help="with --report-only: a paragraph reading the results, kept in the JSON")
     args = p.parse_args(argv)
     command = "python benchmarks/latency_budget.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import onnxruntime
@@ -483,6 +488,12 @@ def main(argv=None) -> int:
     from toolchain.errors import ToolchainError
     from toolchain.profile.layer_latency import machine_id
 
+    if args.report_only:
+        result = json.loads(Path(args.report_only).read_text(encoding="utf-8"))
+        if args.reading:
+            result["reading"] = args.reading
+        write_checkpoint_results(result, Path(args.report_only).with_suffix(""))
+        return 0
     if args.checkpoint or args.config:
         try:
             return checkpoint_main(args, command, machine_id(), onnxruntime.__version__)

@@ -189,5 +189,9 @@ def test_latency_budget_benchmark_checkpoint_mode_recovers_plans_at_matched_late
     assert "| latency (0.8 x dense) | latency=" in md and "0.01 x dense: not reachable" in md
     assert "Command: `python benchmarks/latency_budget.py --checkpoint" in md
     assert base.with_suffix(".png").stat().st_size > 1000
+    # the md / png are redrawn from the JSON, with a reading paragraph kept in it
+    assert bench.main(["--report-only", str(base.with_suffix(".json")), "--reading", "Reading: x."]) == 0
+    assert "Reading: x.\n\nCommand: `python" in base.with_suffix(".md").read_text()
+    assert json.loads(base.with_suffix(".json").read_text())["reading"] == "Reading: x."
     # a user mistake is one line, exit 2
     assert bench.main(["--config", str(tmp_path / "tiny.yaml")]) == 2
