@@ -308,7 +308,9 @@ def run_checkpoint(cfg, checkpoint: Path, fractions, *, steps: int, search_round
         out = runs_dir / f"{cfg.prune.method}_{p['budget'].replace('=', '')}"
         record_path = out / "prune_record.json"
         record = read_json(record_path) if record_path.is_file() else None
-        if record is None or record.get("recover_epochs") != cfg.prune.recover.epochs:
+        same = record is not None and record.get("recover_epochs") == cfg.prune.recover.epochs and (
+            (record["stages"].get("sparsity") or {}).get("key") == sparsity_record.get("key"))
+        if not same:  # absent, or another recovery / sparsity run (e.g. another seed): run it
             log(f"run_prune {p['budget']} -> {out}")
             record = run_prune(cfg, checkpoint, method=cfg.prune.method, budget=p["budget"], out=out)
         p.update({"run": str(out), "val": record["val"], "test": record["test"], "val_before_recovery":
@@ -347,6 +349,7 @@ def run_checkpoint(cfg, checkpoint: Path, fractions, *, steps: int, search_round
             "dense_predicted_ms": dense_pred, "table_dense_measured_ms": table.dense_model_ms,
             "table_machine": table.data["machine"], "table_points": table.data["points"],
             "rounds": rounds, "runs": runs, "search": {"steps": steps, "rounds": search_rounds, "runs": search_runs},
+            "seed": {"train": cfg.train.seed, "prune": cfg.prune.seed},
             "plans": rows, "unreachable": unreachable}
 
 
@@ -354,11 +357,27 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _plan_table(result: dict) -> list[str]:
+    m = result["metric"]
+    lines = [f"| plan | budget | params | MACs (M) | MACs ratio | target ms | predicted ms | measured ms | "
+             f"measured / dense | speed-up | realisation | val {m} | test {m} |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in result["plans"]:
+        real = f"{p['realisation']:.2f}" if p["realisation"] is not None else "-"
+        target = f"{p['target_ms']:.2f}" if "target_ms" in p else "-"
+        lines.append(f"| {p['plan']} | {p['budget'] or '-'} | {p['params']:,} | {p['macs'] / 1e6:.1f} | "
+                     f"{p['macs_ratio']:.2f}x | {target} | {p['predicted_ms']:.2f} | {p['measured_ms']:.2f} | "
+                     f"{p['measured_over_dense']:.3f} | {p['speedup']:.2f}x | {real} | {_num(p['val'])} | "
+                     f"{_num(p['test'])} |")
+    for u in result["unreachable"]:
+        lines.append(f"\n{u['fraction']:g} x dense: not reachable ({u['error'].split(';')[0]}).")
+    return lines
+
+
 def write_checkpoint_results(result: dict, base: Path) -> None:
     from toolchain.utils.io import atomic_write_text
 
     atomic_write_text(base.with_suffix(".json"), json.dumps(result, indent=1, sort_keys=True) + "\n")
-    m = result["metric"]
     lines = [f"# Latency budget vs params / MACs budgets after recovery: {result['config']} "
              f"({result['model']} width {result['width']} at {result['input_size'][0]}x{result['input_size'][1]})", "",
              f"ONNX Runtime {result['onnxruntime']} CPU ({result['machine']}), 1 intra-op thread, batch 1, every model "
@@ -372,18 +391,11 @@ def write_checkpoint_results(result: dict, base: Path) -> None:
              f"fractions were bisected ({result['search']['steps']} steps at most, {result['search']['rounds']} rounds "
              f"x {result['search']['runs']} runs each) on the measured latency of the slim ONNX before recovery to land "
              "near the target; the latency plan is `latency=fraction x dense predicted ms`.", "",
-             f"| plan | budget | params | MACs (M) | MACs ratio | target ms | predicted ms | measured ms | "
-             f"measured / dense | speed-up | realisation | val {m} | test {m} |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for p in result["plans"]:
-        real = f"{p['realisation']:.2f}" if p["realisation"] is not None else "-"
-        target = f"{p['target_ms']:.2f}" if "target_ms" in p else "-"
-        lines.append(f"| {p['plan']} | {p['budget'] or '-'} | {p['params']:,} | {p['macs'] / 1e6:.1f} | "
-                     f"{p['macs_ratio']:.2f}x | {target} | {p['predicted_ms']:.2f} | {p['measured_ms']:.2f} | "
-                     f"{p['measured_over_dense']:.3f} | {p['speedup']:.2f}x | {real} | {_num(p['val'])} | "
-                     f"{_num(p['test'])} |")
-    for u in result["unreachable"]:
-        lines.append(f"\n{u['fraction']:g} x dense: not reachable ({u['error'].split(';')[0]}).")
+             ] + _plan_table(result)
+    for r in result.get("repeats", []):
+        lines += ["", f"### Repeat: train.seed {r['seed']['train']}, prune.seed {r['seed']['prune']} (its own sparsity run "
+                  f"{r['sparsity']['key']}, plans, recoveries and timing process)", "", *_plan_table(r),
+                  "", f"Command: `{r['command']}`"]
     lines += ["", "Predicted ms: the per-layer table's latency model (calibrated on the dense model when the table was "
               f"measured: {result['table_dense_measured_ms']:.2f} ms, machine {result['table_machine']}). "
               "Realisation = speed-up / MACs ratio.", "", f"Command: `{result['command']}`", ""]
@@ -413,6 +425,13 @@ def write_checkpoint_plot(result: dict, path: Path) -> None:
             for p in pts:
                 ax.annotate(f"{p['macs_ratio']:.1f}x", (p["measured_ms"], p["test"]), fontsize=7,
                             xytext=offsets[kind], textcoords="offset points", color=colours[kind])
+    for r in result.get("repeats", []):  # other seeds: hollow markers
+        for kind in colours:
+            pts = [p for p in r["plans"] if p["kind"] == kind and p["test"] is not None]
+            if pts:
+                ax.scatter([p["measured_ms"] for p in pts], [p["test"] for p in pts], facecolors="none",
+                           edgecolors=colours[kind], s=40, zorder=3,
+                           label=f"{kind or 'dense'}, seed {r['seed']['train']}")
     for p in result["plans"]:
         if "target_ms" in p:
             ax.axvline(p["target_ms"], color="grey", lw=0.6, ls=":")
@@ -456,6 +475,26 @@ def checkpoint_main(args, command: str, machine: str, ort_version: str) -> int:
     return 0
 
 
+def report_only(args) -> int:
+    """Redraw the md / png of a --checkpoint results JSON, with --reading and --repeat results added."""
+    from toolchain.errors import ToolchainError
+
+    result = json.loads(Path(args.report_only).read_text(encoding="utf-8"))
+    if args.reading:
+        result["reading"] = args.reading
+    for other_path in args.repeat:
+        other = json.loads(Path(other_path).read_text(encoding="utf-8"))
+        if (other.get("config"), other.get("dense_checkpoint")) != (result["config"], result["dense_checkpoint"]) or \
+                "seed" not in other:
+            raise ToolchainError(f"{other_path} is not a --checkpoint run of this experiment (config, dense checkpoint "
+                                 "or seed missing or different); rerun it with --checkpoint and --set train.seed=S")
+        other.pop("repeats", None)
+        seed = other["seed"]
+        result["repeats"] = [r for r in result.get("repeats", []) if r["seed"] != seed] + [other]
+    write_checkpoint_results(result, Path(args.report_only).with_suffix(""))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="segnet,mobilenetv2_lraspp")
@@ -481,6 +520,9 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", metavar="RESULTS.json",
                    help="only redraw the md / png of a --checkpoint results JSON (with --reading)")
     p.add_argument("--reading", help="with --report-only: a paragraph reading the results, kept in the JSON")
+    p.add_argument("--repeat", action="append", default=[], metavar="OTHER.json",
+                   help="with --report-only: add the results of the same experiment run with another seed "
+                        "(--set train.seed=S --set prune.seed=S) as a repeat table")
     args = p.parse_args(argv)
     command = "python benchmarks/latency_budget.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import onnxruntime
@@ -489,11 +531,11 @@ def main(argv=None) -> int:
     from toolchain.profile.layer_latency import machine_id
 
     if args.report_only:
-        result = json.loads(Path(args.report_only).read_text(encoding="utf-8"))
-        if args.reading:
-            result["reading"] = args.reading
-        write_checkpoint_results(result, Path(args.report_only).with_suffix(""))
-        return 0
+        try:
+            return report_only(args)
+        except ToolchainError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.checkpoint or args.config:
         try:
             return checkpoint_main(args, command, machine_id(), onnxruntime.__version__)

@@ -193,5 +193,14 @@ def test_latency_budget_benchmark_checkpoint_mode_recovers_plans_at_matched_late
     assert bench.main(["--report-only", str(base.with_suffix(".json")), "--reading", "Reading: x."]) == 0
     assert "Reading: x.\n\nCommand: `python" in base.with_suffix(".md").read_text()
     assert json.loads(base.with_suffix(".json").read_text())["reading"] == "Reading: x."
+    # a run with another seed is added as a repeat table; another experiment is refused in one line
+    other = dict(result, seed={"train": 1, "prune": 1}, command="seed1 command")
+    (tmp_path / "seed1.json").write_text(json.dumps(other))
+    assert bench.main(["--report-only", str(base.with_suffix(".json")), "--repeat", str(tmp_path / "seed1.json")]) == 0
+    md = base.with_suffix(".md").read_text()
+    assert "### Repeat: train.seed 1, prune.seed 1" in md and "Command: `seed1 command`" in md
+    assert md.count("| latency (0.8 x dense) | latency=") == 2
+    (tmp_path / "other.json").write_text(json.dumps(dict(other, config="another")))  # another experiment
+    assert bench.main(["--report-only", str(base.with_suffix(".json")), "--repeat", str(tmp_path / "other.json")]) == 2
     # a user mistake is one line, exit 2
     assert bench.main(["--config", str(tmp_path / "tiny.yaml")]) == 2
