@@ -20,7 +20,7 @@ from toolchain.models.complexity import model_summary
 from toolchain.prune import modelopt_peer as peer
 from toolchain.prune.select import parse_budget
 from toolchain.train.checkpoint import load_model
-from toolchain.train.trainer import fit
+from toolchain.train.dense import train_dense
 
 try:
     import modelopt.torch.prune  # noqa: F401
@@ -46,8 +46,7 @@ def dense(tmp_path_factory):
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
-    torch.manual_seed(0)
-    result = fit(cfg, build_from_config(cfg), cfg.run_dir(), epochs=2)
+    result = train_dense(cfg, cfg.run_dir(), epochs=2)
     return path, result.best_path, raw
 
 

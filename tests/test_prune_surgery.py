@@ -141,19 +141,8 @@ def test_unknown_layer_names_layer_and_hook():
         build_pruning_graph(TinyCustom(), (16, 16))
 
 
-def test_verify_equivalence_rejects_a_wrong_slim_model():
-    torch.manual_seed(0)
-    model = TinyResCat()
-    graph = build_pruning_graph(model, (16, 16))
-    dense = copy.deepcopy(model)
-    stem = next(g for g in graph.groups if g.root == "stem.0")
-    bn_channels = removed_bn_channels(graph, {stem.index: [2]})
-    slim(graph, {stem.index: [3]})  # a different channel than the reference zeroes
-    with pytest.raises(ToolchainError, match="surgery check failed"):
-        verify_equivalence(dense, model, bn_channels, example_inputs(model, (16, 16)))
-
-
-def test_verify_equivalence_names_the_first_layer_that_diverges():
+def _wrongly_slimmed():
+    """(dense, slim, bn_channels): the slim model removed a different stem channel than the reference zeroes."""
     torch.manual_seed(0)
     model = TinyResCat()
     graph = build_pruning_graph(model, (16, 16))
@@ -161,6 +150,17 @@ def test_verify_equivalence_names_the_first_layer_that_diverges():
     stem = next(g for g in graph.groups if g.root == "stem.0")
     bn_channels = removed_bn_channels(graph, {stem.index: [2]})
     slim(graph, {stem.index: [3]})
+    return dense, model, bn_channels
+
+
+def test_verify_equivalence_rejects_a_wrong_slim_model():
+    dense, model, bn_channels = _wrongly_slimmed()
+    with pytest.raises(ToolchainError, match="surgery check failed"):
+        verify_equivalence(dense, model, bn_channels, example_inputs(model, (16, 16)))
+
+
+def test_verify_equivalence_names_the_first_layer_that_diverges():
+    dense, model, bn_channels = _wrongly_slimmed()
     with pytest.raises(ToolchainError, match=r"in float64 .* first at layer 'stem\.1'"):
         verify_equivalence(dense, model, bn_channels, example_inputs(model, (16, 16)))
 

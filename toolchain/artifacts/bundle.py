@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 
 from toolchain.artifacts.kinds import BUNDLE_MODEL_KINDS, ONNX
 from toolchain.errors import ToolchainError
-from toolchain.utils.io import _json_default, sha256_file, sha256_json
+from toolchain.utils.io import json_bytes, sha256_file, sha256_json
 
 BUNDLE_FORMAT = "acsl-bundle/1"
 MANIFEST = "manifest.json"
@@ -74,7 +74,7 @@ def _fsync_dir(path: Path) -> None:
 
 def manifest_bytes(manifest: dict) -> bytes:
     """The exact bytes written as manifest.json (sorted keys, so equal manifests hash equal)."""
-    return (json.dumps(manifest, indent=2, sort_keys=True, default=_json_default) + "\n").encode("utf-8")
+    return json_bytes(manifest)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

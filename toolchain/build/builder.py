@@ -349,17 +349,17 @@ def build(cfg, onnx_path: str | Path, target, precision: Optional[str] = None, o
     before = _listing(out_dir)
     try:
         return builder(cfg, Path(onnx_path), target, precision, out_dir, **options)
-    except ToolchainError:
-        _remove_new(out_dir, before)
-        raise
-    except Exception as err:  # noqa: BLE001 - an ONNX Runtime / TensorRT failure on a user's file: one line
-        if type(err).__module__.split(".")[0] not in ("onnxruntime", "onnx", "tensorrt", "tensorrt_rtx"):
-            _remove_new(out_dir, before)
+    except BaseException as err:
+        _remove_new(out_dir, before)  # a failed build leaves nothing behind
+        if isinstance(err, ToolchainError) or type(err).__module__.split(".")[0] not in BACKEND_MODULES:
             raise
-        _remove_new(out_dir, before)
+        # an ONNX Runtime / TensorRT failure on a user's file: one line
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise ToolchainError(f"{Path(onnx_path).name}: {type(err).__name__} while building for '{target.name}': "
                              f"{first[:300]}; re-export it with `acsl export` and this config") from None
+
+
+BACKEND_MODULES = ("onnxruntime", "onnx", "tensorrt", "tensorrt_rtx")
 
 
 def _listing(folder: Path) -> Optional[set]:

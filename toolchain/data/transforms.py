@@ -1,16 +1,6 @@
-"""Image loading, THE deployment preprocessing (defined in the bottom layer,
-`toolchain.artifacts.preprocess`, so the shipped runtime uses it without the data side), and the
-seeded training augmentation.
-
-`preprocess(image, preprocessing)` is the one function deployment must reproduce, step by step:
-
-1. `image` is RGB uint8 H x W x 3.
-2. Resize to `input_size` (H, W) with bilinear interpolation, half-pixel centres, no antialiasing
-   (the same as `cv2.resize(..., interpolation=cv2.INTER_LINEAR)` without rounding, and as
-   `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`), computed in float32.
-   No resize when the size already matches.
-3. `x = x * scale` (1/255), then `(x - mean) / std` per channel, in float32.
-4. Transpose to C x H x W (layout NCHW once batched).
+"""Image loading, THE deployment preprocessing (defined, step by step, in the bottom layer
+`toolchain.artifacts.preprocess`, so the shipped runtime uses it without the data side; re-exported
+here for the datasets), and the seeded training augmentation.
 
 Labels are resized with nearest neighbour (half-pixel centres: source index
 `floor((i + 0.5) * in / out)`). Every dataset's eval path calls `preprocess`, so an engine fed with

@@ -327,8 +327,9 @@ def run_modelopt_prune(cfg, checkpoint: str | Path, *, budget: Optional[str] = N
     prune_record.json), plus modelopt.log (ModelOpt's own output) and slim.onnx (+ .json) when
     `export_check`.
     """
-    from toolchain.prune.pipeline import _summary, _val, removed_per_layer
-    from toolchain.prune.recover import RECOVER_METHODS, recover
+    from toolchain.prune.pipeline import (_summary, _val, fraction_removed, prune_run_dir, recover_and_save,
+                                          removed_per_layer, metric_on_test)
+    from toolchain.prune.recover import RECOVER_METHODS
     from toolchain.prune.select import parse_budget
     from toolchain.train.checkpoint import load_model, save_checkpoint
     from toolchain.train.metrics import primary_metric
@@ -340,7 +341,7 @@ def run_modelopt_prune(cfg, checkpoint: str | Path, *, budget: Optional[str] = N
     recover_method = recover_method or cfg.prune.recover.method
     if recover_method not in RECOVER_METHODS:
         raise ToolchainError(f"unknown recovery '{recover_method}' (valid: {', '.join(RECOVER_METHODS)})")
-    run_dir = Path(out) if out else cfg.run_dir() / "prune" / f"{METHOD}_{b.tag()}"
+    run_dir = prune_run_dir(cfg, METHOD, b, out)
     records = run_dir / "records"
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -361,7 +362,7 @@ def run_modelopt_prune(cfg, checkpoint: str | Path, *, budget: Optional[str] = N
     slim_model, plan, search_record = prune_with_modelopt(dense, cfg, b, divisor=divisor, **search)
     checks = check_slim(cfg, dense, slim_model)
     after = {"params": checks["params"], "macs": checks["macs"]}
-    removed = {"params": 1 - after["params"] / before["params"], "flops": 1 - after["macs"] / before["macs"]}
+    removed = fraction_removed(before, after)
     select_record = {
         "stage": "select", "method": METHOD, "budget": b.as_dict(), **search_record,
         "our_round_to": cfg.prune.round_to, "fraction_removed": removed[b.kind],
@@ -376,12 +377,7 @@ def run_modelopt_prune(cfg, checkpoint: str | Path, *, budget: Optional[str] = N
                    "fraction_removed": removed, "forward": checks, "val": _val(slim_model, cfg)}
     write_json(records / "slim.json", slim_record)
 
-    t_rec = time.time()
-    recovered, recover_record = recover(cfg, slim_model, plan, teacher, run_dir, recover_method)
-    recover_record.update({"stage": "recover", "val": _val(recovered, cfg), "wall_s": round(time.time() - t_rec, 2)})
-    write_json(records / "recover.json", recover_record)
-    save_checkpoint(run_dir / "slim.pt", recovered, cfg, stage="pruned", channel_plan=plan,
-                    metric={metric_name: recover_record["val"]})
+    recovered, recover_record = recover_and_save(cfg, slim_model, plan, teacher, run_dir, recover_method, metric_name)
     export = None
     if export_check:
         from toolchain.export.exporter import export_model
@@ -390,12 +386,7 @@ def run_modelopt_prune(cfg, checkpoint: str | Path, *, budget: Optional[str] = N
                               checkpoint=str(run_dir / "slim.pt"), log=None)
         export = {"onnx": str(result.onnx_path), "parity_passed": result.parity.passed,
                   "parity": result.parity.summary()}
-    test = None
-    if evaluate_test:
-        try:
-            test = _val(recovered, cfg, "test")
-        except ToolchainError:
-            test = None  # no test split: reported as null
+    test = metric_on_test(recovered, cfg) if evaluate_test else None
     final = {
         "stage": "prune", "method": METHOD, "budget": b.as_dict(), "recover": recover_record.get("chosen", "none"),
         "metric": metric_name, "higher_is_better": higher, "dense": {**before, "val": dense_val},

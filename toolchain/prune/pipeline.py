@@ -158,11 +158,39 @@ def prune_run_dir(cfg, method: str, budget: Budget, out: Optional[str | Path] = 
     return Path(out) if out else cfg.run_dir() / "prune" / f"{method}_{budget.tag()}"
 
 
+def fraction_removed(before: dict, after: dict) -> dict:
+    """{"params", "flops"}: the fraction of the dense model's parameters / MACs a slim model removed."""
+    return {"params": 1 - after["params"] / before["params"], "flops": 1 - after["macs"] / before["macs"]}
+
+
+def recover_and_save(cfg, slim: nn.Module, plan: dict, teacher: nn.Module, run_dir: Path, recover_method: str,
+                     metric_name: str) -> tuple[nn.Module, dict]:
+    """Recover the slim model, record it (records/recover.json) and save it as <run>/slim.pt, the model to export."""
+    from toolchain.prune.recover import recover
+    from toolchain.train.checkpoint import save_checkpoint
+
+    t_rec = time.time()
+    recovered, record = recover(cfg, slim, plan, teacher, run_dir, recover_method)
+    record.update({"stage": "recover", "val": _val(recovered, cfg), "wall_s": round(time.time() - t_rec, 2)})
+    write_json(run_dir / "records" / "recover.json", record)
+    save_checkpoint(run_dir / "slim.pt", recovered, cfg, stage="pruned", channel_plan=plan,
+                    metric={metric_name: record["val"]})
+    return recovered, record
+
+
+def metric_on_test(model: nn.Module, cfg) -> Optional[float]:
+    """The primary metric on the test split, or None when the dataset has no test split."""
+    try:
+        return _val(model, cfg, "test")
+    except ToolchainError:
+        return None
+
+
 def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budget: Optional[str] = None,
               recover_method: Optional[str] = None, out: Optional[str | Path] = None,
               evaluate_test: bool = True) -> dict:
     """The whole `acsl prune` flow; returns the final record (also written to <run>/prune_record.json)."""
-    from toolchain.prune.recover import RECOVER_METHODS, recover
+    from toolchain.prune.recover import RECOVER_METHODS
     from toolchain.train.checkpoint import load_model, save_checkpoint
     from toolchain.train.metrics import primary_metric
 
@@ -197,7 +225,7 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
     gammas = prunable_gammas(model, cfg.data.input_size)  # what selection ranks (diagnostic, issue 12)
     slim, plan, select_record, slim_record = select_and_slim(cfg, model, m, b)
     after = _summary(slim, cfg)
-    removed = {"params": 1 - after["params"] / before["params"], "flops": 1 - after["macs"] / before["macs"]}
+    removed = fraction_removed(before, after)
     select_record["fraction_removed"] = removed.get(b.kind)
     write_json(records / "select.json", select_record)
     write_json(run_dir / "plan.json", plan)
@@ -214,19 +242,9 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
         histogram=histogram.name if histogram else None, sparsity=strengths or None)
     print(format_diagnostic(diagnostic, m.name), flush=True)
 
-    t_rec = time.time()
-    recovered, recover_record = recover(cfg, slim, plan, teacher, run_dir, recover_method)
-    recover_record.update({"stage": "recover", "val": _val(recovered, cfg), "wall_s": round(time.time() - t_rec, 2)})
+    recovered, recover_record = recover_and_save(cfg, slim, plan, teacher, run_dir, recover_method, metric_name)
     diagnostic["val_after_recovery"] = recover_record["val"]
-    write_json(records / "recover.json", recover_record)
-    save_checkpoint(run_dir / "slim.pt", recovered, cfg, stage="pruned", channel_plan=plan,
-                    metric={metric_name: recover_record["val"]})
-    test = None
-    if evaluate_test:
-        try:
-            test = _val(recovered, cfg, "test")
-        except ToolchainError:
-            test = None  # no test split: reported as null
+    test = metric_on_test(recovered, cfg) if evaluate_test else None
     final = {
         "stage": "prune", "method": m.name, "budget": b.as_dict(), "recover": recover_record.get("chosen", "none"),
         "metric": metric_name, "higher_is_better": higher, "dense": {**before, "val": dense_val},
