@@ -70,6 +70,20 @@ def test_every_file_in_the_bundle_has_a_row_in_the_kinds_table(deployed):
         assert kind_of(art["file"]).name == art["kind"], art
 
 
+def test_every_onnx_in_the_bundle_parses_and_builds_in_real_tensorrt_rtx(deployed):
+    """The CPU bundle's models are the ones a user takes to a GPU: each must parse and build in a real builder."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="pip install -e '.[trt]' (part of `make test`)")
+    from toolchain.build.trt_engine import parse_onnx
+
+    _, result, _, _ = deployed
+    names = sorted(n for n in verify_bundle(result.bundle)["files"] if n.endswith(".onnx"))
+    assert any("int8" in n for n in names) and "slim.onnx" in names
+    for name in names:
+        builder, network, _ = parse_onnx(trt, result.bundle / name, strongly_typed=True)
+        config = builder.create_builder_config()
+        assert builder.build_serialized_network(network, config) is not None, name
+
+
 def test_report_has_every_field(deployed):
     _, result, _, _ = deployed
     report = validate_report(json.loads(result.report_json.read_text()))

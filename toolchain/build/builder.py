@@ -116,7 +116,10 @@ def build_onnxruntime(cfg, onnx_path: Path, target, precision: str, out_dir: Pat
     tmp = optimised.with_name("." + optimised.name + ".tmp")
     import onnxruntime as ort
 
-    ort.InferenceSession(str(source), session_options("basic", optimized_model_path=tmp),
+    # A Q/DQ model is saved unoptimised: ORT's basic fusions turn its bias into an INT32 DequantizeLinear that
+    # TensorRT's parser refuses, and ONNX Runtime applies the same fusions when it loads the file anyway.
+    saved_level = "basic" if source == fp32 else "disable"
+    ort.InferenceSession(str(source), session_options(saved_level, optimized_model_path=tmp),
                          providers=["CPUExecutionProvider"])
     tmp.replace(optimised)
     providers = ort_providers(target, built_precision, out_dir)
