@@ -19,10 +19,19 @@ Each row records its `seed` (train.seed and prune.seed of the run; `--seeds` run
 budget once per seed, folders of seeds other than 0 ending in `_s<seed>`) and, for pruning methods, the
 diagnostic of issue 12: the sparsity mode and lambda, the fraction of prunable gammas at exactly zero and
 below 1e-2 of the largest after sparsity, and val after sparsity and right after slimming (before recovery).
+
+The table opens with a summary over seeds (mean ± sample std per method and budget) and, per budget, ACSL vs
+the best other pruning method and vs scratch-plan: "ACSL ahead" / "ACSL behind" only where the mean gap exceeds
+the pooled std sqrt((s1^2 + s2^2) / 2) with >= 2 seeds each, else "within noise" / "one seed: no claim" (also
+stored as result["summary"]); with >= 2 seeds the plot shows the mean with std error bars. Seeds run elsewhere
+are combined with --merge. `--measure-latency` (also with --report-only) times the dense checkpoint and every
+run's model with ONNX Runtime on the CPU (batch 1, interleaved rounds) and records ms, speed-up, MACs ratio and
+realisation = speed-up / MACs ratio per run (issue 11).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -65,6 +74,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "in a parallel process with --results elsewhere), then redraw; runs already here are kept")
     p.add_argument("--report-only", action="store_true",
                    help="only redraw the table and plot from the results JSON (e.g. of an interrupted comparison)")
+    p.add_argument("--measure-latency", action="store_true",
+                   help="measure ONNX Runtime CPU latency (batch 1) of the dense model and every run's model, "
+                        "interleaved, and record ms, speed-up, MACs ratio and realisation (speed-up / MACs ratio) per run")
+    p.add_argument("--latency-threads", type=int, default=1, metavar="N", help="ONNX Runtime threads (default 1)")
+    p.add_argument("--latency-rounds", type=int, default=5, metavar="N",
+                   help="interleaved rounds over all models; a model's latency is the median over rounds (default 5)")
+    p.add_argument("--latency-runs", type=int, default=5, metavar="N",
+                   help="timed inferences per model per round (their median is the round's value; default 5)")
     return p.parse_args(argv)
 
 
@@ -161,7 +178,7 @@ def _train_scratch(cfg, model, run_dir: Path, epochs: int, stage: str, extra: di
     summary = model_summary(model, tuple(cfg.data.input_size))
     return {"params": summary["params"], "macs": summary["macs"], "metric": _val(model, cfg, "test"),
             "metric_val": result.best_metric, "recover": "none", "sparsity_epochs": 0, "recover_epochs": 0,
-            "train_epochs": epochs, "seed": cfg.train.seed}
+            "train_epochs": epochs, "seed": cfg.train.seed, "checkpoint": str(result.best_path)}
 
 
 def scratch_epochs(cfg) -> int:
@@ -264,26 +281,239 @@ def merge_results(result: dict, other: dict, other_path: str) -> None:
     print(f"[compression] merged {len(added)} runs from {other_path}")
 
 
+# ------------------------------------------------------------------------------------------- latency
+LATENCY_FIELDS = ("latency_ms", "speedup", "macs_ratio", "realisation")
+
+
+def _existing(path: str | Path) -> Path | None:
+    """`path` as given (relative: to the working directory), else relative to the repository; None if neither."""
+    path = Path(path)
+    for candidate in ([path] if path.is_absolute() else [path, REPO / path]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def row_model_file(cfg, run: dict) -> tuple[Path | None, str]:
+    """The file of a run's model and where it was looked for: the recorded checkpoint (scratch references), else
+    <run_dir>/slim.pt (pruning methods), else the scratch folder under cfg's out_dir (rows written before scratch
+    runs recorded their checkpoint)."""
+    if run.get("checkpoint"):
+        where = run["checkpoint"]
+    elif run.get("run_dir"):
+        where = str(Path(run["run_dir"]) / "slim.pt")
+    elif run["method"] in SCRATCH_METHODS:
+        folder = f"{run['method']}_{parse_budget(budget_text(run['budget'])).tag()}{seed_suffix(row_seed(run))}"
+        where = str(cfg.run_dir() / "bench" / folder / f"{run['method'].replace('-', '_')}_best.pt")
+    else:
+        return None, "the row records no run_dir"
+    return _existing(where), where
+
+
+def measure_latency(result: dict, cfg, *, threads: int = 1, rounds: int = 5, runs: int = 5) -> None:
+    """ONNX Runtime CPU latency, batch 1, of the dense checkpoint and every successful run's model, measured in
+    interleaved rounds (dense, run 1, run 2, ..., repeated `rounds` times; per model the median over rounds of the
+    median of `runs` inferences) so that background load affects all alike. Sets per run latency_ms, speedup
+    (dense ms / ms), macs_ratio (dense MACs / MACs) and realisation (speedup / macs_ratio), and result["latency"].
+    Runs whose model file is missing are skipped with a printed reason (and lose any earlier measurement)."""
+    import statistics
+
+    from toolchain.profile.layer_latency import machine_id, onnx_bytes, ort_session, time_session
+    from toolchain.train.checkpoint import load_model
+
+    if rounds < 1 or runs < 1 or threads < 1:
+        raise ToolchainError("--latency-rounds, --latency-runs and --latency-threads must be at least 1")
+    size = tuple(cfg.data.input_size)
+    dense_path = _existing(result["dense"]["checkpoint"])
+    if dense_path is None:
+        raise ToolchainError(f"--measure-latency needs the dense checkpoint {result['dense']['checkpoint']}, "
+                             "which is not there; run from the folder the comparison ran in")
+    sessions = [(None, ort_session(onnx_bytes(load_model(dense_path, cfg)[0], size), threads))]
+    for run in result["runs"]:
+        for key in LATENCY_FIELDS:
+            run.pop(key, None)
+        if run.get("error"):
+            continue
+        label = f"{run['method']} {budget_text(run['budget'])} seed {row_seed(run)}"
+        path, where = row_model_file(cfg, run)
+        if path is None:
+            print(f"[compression] latency: skipping {label}: model file not found ({where})")
+            continue
+        cfg_run = cfg
+        if run.get("width") is not None:  # scratch-uniform: the zoo model at its own width
+            cfg_run = config_from_dict(deep_merge(config_to_dict(cfg), {"model": {"width": run["width"]}}))
+        sessions.append((run, ort_session(onnx_bytes(load_model(path, cfg_run)[0], size), threads)))
+    print(f"[compression] latency: {len(sessions)} models x {rounds} interleaved rounds x {runs} runs, "
+          f"{threads} thread(s)", flush=True)
+    samples: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for i, (_, session) in enumerate(sessions):
+            samples[i].append(time_session(session, (1, 3, *size), runs, warmup=1))
+    ms = [statistics.median(s) for s in samples]
+    dense_ms, dense_macs = ms[0], result["dense"]["macs"]
+    for (run, _), run_ms in zip(sessions[1:], ms[1:]):
+        speedup, macs_ratio = dense_ms / run_ms, dense_macs / run["macs"]
+        run.update({"latency_ms": run_ms, "speedup": speedup, "macs_ratio": macs_ratio,
+                    "realisation": speedup / macs_ratio})
+    result["latency"] = {"dense_ms": dense_ms, "threads": threads, "rounds": rounds, "runs": runs,
+                         "machine": machine_id()}
+
+
+# ------------------------------------------------------------------------------------------- summary over seeds
+NO_CLAIM, AHEAD, BEHIND, NOISE = "one seed: no claim", "ACSL ahead", "ACSL behind", "within noise"
+
+
+def budget_text(budget: dict) -> str:
+    return f"{budget['kind']}={budget['value']:g}"
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _std(values) -> float | None:
+    """Sample standard deviation (ddof=1); None below two values."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def method_stats(result: dict) -> dict[tuple, dict[str, dict]]:
+    """(budget kind, value) -> method -> n seeds, mean / std of the test metric and the means of params / MACs
+    removed, val after slimming and latency realisation, over the method's successful runs at that budget."""
+    dense = result["dense"]
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for run in result["runs"]:
+        if not run.get("error") and run.get("metric") is not None:
+            key = (run["budget"]["kind"], run["budget"]["value"])
+            groups.setdefault(key, {}).setdefault(run["method"], []).append(run)
+    stats: dict[tuple, dict[str, dict]] = {}
+    for key, by_method in sorted(groups.items()):
+        for method, runs in sorted(by_method.items()):
+            metrics = [r["metric"] for r in runs]
+            stats.setdefault(key, {})[method] = {
+                "n": len(runs), "seeds": sorted(row_seed(r) for r in runs), "mean": _mean(metrics),
+                "std": _std(metrics),
+                "params_removed": _mean([1 - r["params"] / dense["params"] for r in runs]),
+                "macs_removed": _mean([1 - r["macs"] / dense["macs"] for r in runs]),
+                "val_after_slim": _mean([r.get("val_after_slim") for r in runs]),
+                "realisation": _mean([r.get("realisation") for r in runs])}
+    return stats
+
+
+def compare(acsl: dict, other: dict, higher_is_better: bool) -> dict:
+    """ACSL vs another method at one budget: gap = mean difference in the metric's good direction (positive:
+    ACSL better), pooled std = sqrt((s1^2 + s2^2) / 2); a claim only where |gap| exceeds it with >= 2 seeds each."""
+    gap = (acsl["mean"] - other["mean"]) * (1 if higher_is_better else -1)
+    if acsl["n"] < 2 or other["n"] < 2:
+        pooled, verdict = None, NO_CLAIM
+    else:
+        pooled = math.sqrt((acsl["std"] ** 2 + other["std"] ** 2) / 2)
+        verdict = AHEAD if gap > pooled else BEHIND if -gap > pooled else NOISE
+    return {"gap": gap, "pooled_std": pooled, "verdict": verdict}
+
+
+def summarize(result: dict) -> list[dict]:
+    """Per budget: ACSL vs the best other pruning method (by mean; dense and the scratch-* references are not
+    pruning methods) and ACSL vs scratch-plan when present, each with gap, pooled std and verdict."""
+    higher = bool(result["higher_is_better"])
+    sign = 1 if higher else -1
+    out = []
+    for (kind, value), by_method in method_stats(result).items():
+        acsl = by_method.get("acsl")
+        if acsl is None:
+            continue
+        others = [m for m in by_method if m not in ("acsl", "dense") and not m.startswith("scratch")]
+        against = []
+        if others:
+            against.append((max(others, key=lambda m: sign * by_method[m]["mean"]), "best other pruning method"))
+        if "scratch-plan" in by_method:
+            against.append(("scratch-plan", "ACSL's plan trained from scratch"))
+        for method, role in against:
+            other = by_method[method]
+            out.append({"budget": {"kind": kind, "value": value}, "metric": result["metric"], "other": method,
+                        "role": role, "n_acsl": acsl["n"], "n_other": other["n"], "mean_acsl": acsl["mean"],
+                        "mean_other": other["mean"], "std_acsl": acsl["std"], "std_other": other["std"],
+                        **compare(acsl, other, higher)})
+    return out
+
+
+def _pm(mean, std) -> str:
+    return f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def summary_lines(result: dict) -> list[str]:
+    name = result["metric"]
+    lines = ["## Summary over seeds", "",
+             f"Mean ± sample std (ddof=1; n/a for one seed) of test {name} over the seeds of each method and budget.",
+             "",
+             "| method | budget | seeds | test mean ± std | params removed | MACs removed | val after slim (mean) "
+             "| realisation (mean) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (kind, value), by_method in method_stats(result).items():
+        for method, st in by_method.items():
+            lines.append(f"| {method} | {kind}={value:g} | {st['n']} | {_pm(st['mean'], st['std'])} | "
+                         f"{_pct(st['params_removed'])} | {_pct(st['macs_removed'])} | "
+                         f"{'' if st['val_after_slim'] is None else _fmt(st['val_after_slim'])} | "
+                         f"{_num(st['realisation'], '.2f')} |")
+    verdicts = result.get("summary")
+    if verdicts is None:
+        verdicts = summarize(result)
+    if verdicts:
+        lines += ["", f"ACSL vs the best other pruning method (and vs scratch-plan) per budget: gap = mean difference "
+                      f"in {name}'s good direction (+: ACSL better), pooled std = sqrt((s1² + s2²) / 2); "
+                      "\"ahead\" / \"behind\" only where |gap| > pooled std with >= 2 seeds each.", ""]
+        for v in verdicts:
+            lines.append(f"- {budget_text(v['budget'])}: ACSL {_pm(v['mean_acsl'], v['std_acsl'])} (n={v['n_acsl']}) "
+                         "vs "
+                         f"{v['other']} ({v['role']}) {_pm(v['mean_other'], v['std_other'])} (n={v['n_other']}): "
+                         f"gap {v['gap']:+.3f}, pooled std {_fmt(v['pooled_std'])} -> **{v['verdict']}**")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------- report
 def write_table(result: dict, path: Path) -> None:
     dense = result["dense"]
     name = result["metric"]
+    lat = result.get("latency")
     lines = [f"# Compression: {result['dataset']} / {result['model']} ({result['profile'] or 'base'} profile)", "",
              f"Metric: test {name} ({'higher' if result['higher_is_better'] else 'lower'} is better). "
-             f"Dense: {dense['params']:,} params, {dense['macs']:,} MACs, {name} {_fmt(dense['metric'])}.", "",
-             "| method | budget | seed | params | params removed | MACs | MACs removed | test | val | gammas zero / < 1% max "
-             "| val after slim (before recovery) | recover | wall s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"Dense: {dense['params']:,} params, {dense['macs']:,} MACs, {name} {_fmt(dense['metric'])}.", ""]
+    if lat:
+        lines += [f"Latency: ONNX Runtime CPU, batch 1, {lat['threads']} thread(s), median over {lat['rounds']} "
+                  f"interleaved rounds (dense and every model in turn) of the median of {lat['runs']} runs; dense "
+                  f"{lat['dense_ms']:.2f} ms on {lat['machine']}. speed-up = dense ms / ms; realisation = speed-up / "
+                  "(dense MACs / MACs).", ""]
+    lines += summary_lines(result)
+    header = ["method", "budget", "seed", "params", "params removed", "MACs", "MACs removed", "test", "val",
+              "gammas zero / < 1% max", "val after slim (before recovery)", "recover", "wall s", "ms", "speed-up",
+              "realisation"]
+    lines += ["", "## Per seed", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for run in sorted(result["runs"], key=lambda r: (r["budget"]["kind"], r["budget"]["value"], r["method"], row_seed(r))):
-        b = f"{run['budget']['kind']}={run['budget']['value']:g}"
+        b = budget_text(run["budget"])
         if run.get("error"):
-            lines.append(f"| {run['method']} | {b} | {row_seed(run)} | failed: {run['error'][:80]} | | | | | | | | | |")
+            cells = [run["method"], b, str(row_seed(run)), f"failed: {run['error'][:80]}"]
+            lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
             continue
         zeros = run.get("gammas_frac_exact_zero")
         gam = "" if zeros is None else f"{zeros:.1%} / {run.get('gammas_frac_below_1pct') or 0:.1%}"
-        lines.append(f"| {run['method']} | {b} | {row_seed(run)} | {run['params']:,} | {1 - run['params'] / dense['params']:.1%} | "
-                     f"{run['macs']:,} | {1 - run['macs'] / dense['macs']:.1%} | {_fmt(run['metric'])} | "
-                     f"{_fmt(run['metric_val'])} | {gam} | {_fmt(run.get('val_after_slim')) if 'val_after_slim' in run else ''} | "
-                     f"{run['recover']} | {run['wall_s']:.0f} |")
+        cells = [run["method"], b, str(row_seed(run)), f"{run['params']:,}",
+                 f"{1 - run['params'] / dense['params']:.1%}", f"{run['macs']:,}",
+                 f"{1 - run['macs'] / dense['macs']:.1%}", _fmt(run["metric"]), _fmt(run["metric_val"]),
+                 gam, _fmt(run.get("val_after_slim")) if "val_after_slim" in run else "", str(run["recover"]),
+                 f"{run['wall_s']:.0f}", _num(run.get("latency_ms"), ".2f"),
+                 "" if run.get("speedup") is None else f"{run['speedup']:.2f}x", _num(run.get("realisation"), ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
     timing = result.get("sparsity_timing") or {}
     if "acsl_over_slimming" in timing:
         lines += ["", f"Sparsity-learning epoch wall time in these runs, ACSL / Network Slimming: "
@@ -305,6 +535,8 @@ def _fmt(value) -> str:
 
 
 def write_plot(result: dict, path: Path) -> None:
+    """Metric vs fraction removed per method; with >= 2 seeds anywhere, the mean per (method, budget) with the
+    sample std as error bars instead of one point per run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -314,23 +546,40 @@ def write_plot(result: dict, path: Path) -> None:
     dense = result["dense"]
     kinds = {r["budget"]["kind"] for r in result["runs"]}
     cost = "macs" if kinds == {"flops"} else "params"  # x axis: the budget's own cost
+    stats = method_stats(result)
+    seeded = any(st["n"] >= 2 for by_method in stats.values() for st in by_method.values())
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = sorted({r["method"] for r in result["runs"] if not r.get("error")})
     for method in methods:
+        style = "--" if method.startswith("scratch") else "-"
+        width = 2.5 if method == "acsl" else 1.2
+        if seeded:
+            pts = sorted((st[f"{cost}_removed"], st["mean"], st["std"] or 0.0)
+                         for st in (by_method.get(method) for by_method in stats.values()) if st)
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o" + style,
+                            capsize=3, label=method, linewidth=width)
+            continue
         pts = sorted((1 - r[cost] / dense[cost], r["metric"]) for r in result["runs"]
                      if r["method"] == method and not r.get("error") and r["metric"] is not None)
         if pts:
-            style = "--" if method.startswith("scratch") else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=method,
-                    linewidth=2.5 if method == "acsl" else 1.2)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=method, linewidth=width)
     if dense.get("metric") is not None:
         ax.axhline(dense["metric"], color="black", linestyle=":", label="dense")
     ax.set_xlabel("fraction of MACs removed" if cost == "macs" else "fraction of parameters removed")
-    ax.set_ylabel(f"test {result['metric']}")
+    ax.set_ylabel(f"test {result['metric']}" + (" (mean ± std over seeds)" if seeded else ""))
     ax.set_title(f"{result['dataset']} / {result['model']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_png(fig, path)
+
+
+def write_report(result: dict, json_path: Path) -> None:
+    """The verdicts into result["summary"] (and the JSON), then <stem>.md and <stem>.png next to it."""
+    result["summary"] = summarize(result)
+    write_json(json_path, result)
+    write_table(result, json_path.with_suffix(".md"))
+    write_plot(result, json_path.with_suffix(".png"))
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -358,11 +607,13 @@ def main(argv=None) -> int:
         if args.merge:
             merge_results(result, read_json(args.merge), args.merge)
             write_json(json_path, result)
+        latency = dict(threads=args.latency_threads, rounds=args.latency_rounds, runs=args.latency_runs)
         if args.report_only or args.merge:
             if not result.get("runs"):
                 raise ToolchainError(f"{json_path} has no runs to report; run the comparison first")
-            write_table(result, results_dir / f"{stem}.md")
-            write_plot(result, results_dir / f"{stem}.png")
+            if args.measure_latency:
+                measure_latency(result, cfg, **latency)
+            write_report(result, json_path)
             print(f"[compression] redrew {stem}.md and {stem}.png from {json_path}")
             return 0
         checkpoint = ensure_dense(cfg, args.checkpoint)
@@ -403,8 +654,9 @@ def main(argv=None) -> int:
                     result["runs"].append(entry)
                     result["sparsity_timing"] = sparsity_timing(cfg, result["runs"])
                     write_json(json_path, result)
-        write_table(result, results_dir / f"{stem}.md")
-        write_plot(result, results_dir / f"{stem}.png")
+        if args.measure_latency:
+            measure_latency(result, cfg, **latency)
+        write_report(result, json_path)
         print(f"[compression] results: {json_path} (+ .md, .png)")
         return 0
     except ToolchainError as err:

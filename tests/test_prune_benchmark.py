@@ -43,7 +43,11 @@ def test_compression_benchmark_tiny(tmp_path, capsys):
     plan = {r["budget"]["value"]: r for r in runs if r["method"] == "scratch-plan"}
     assert all(plan[v]["params"] == acsl[v]["params"] for v in acsl)  # same architecture as ACSL found
     assert [r["sparsity_reused"] for r in sorted(acsl.values(), key=lambda r: r["budget"]["value"])] == [False, True]
-    assert (tmp_path / "results" / "compression_synthetic_segnet.md").read_text().count("| acsl |") == 2
+    summary, per_seed = (tmp_path / "results" / "compression_synthetic_segnet.md").read_text().split("## Per seed")
+    assert summary.count("| acsl |") == 2 and per_seed.count("| acsl |") == 2  # one seed: one summary row per budget
+    assert [v["verdict"] for v in result["summary"]] == ["one seed: no claim"] * 4  # vs l1 and vs scratch-plan
+    scratch = [r for r in runs if r["method"].startswith("scratch")]
+    assert all(bench.row_model_file(None, r)[0] is not None for r in scratch)  # their checkpoint, for --measure-latency
     assert (tmp_path / "results" / "compression_synthetic_segnet.png").stat().st_size > 1000
     # resumable: a second invocation finds every run done and trains nothing
     before = out.read_text()

@@ -257,8 +257,8 @@ def _prunable_dims(graph) -> tuple[set, set]:
     return ins, outs
 
 
-def model_ms(model: nn.Module, input_size: tuple[int, int], *, threads: Optional[int] = 1, runs: int = 20) -> float:
-    """Median ONNX Runtime CPU ms of `model` (exported to opset 17 in memory), batch 1."""
+def onnx_bytes(model: nn.Module, input_size: tuple[int, int]) -> bytes:
+    """`model` exported to ONNX opset 17 in memory, batch 1 (its train/eval mode is restored)."""
     import io
     import warnings
 
@@ -272,7 +272,12 @@ def model_ms(model: nn.Module, input_size: tuple[int, int], *, threads: Optional
                               output_names=["output"], opset_version=17, dynamo=False)
     finally:
         model.train(was_training)
-    return time_session(ort_session(buf.getvalue(), threads), (1, 3, *input_size), runs, warmup=3)
+    return buf.getvalue()
+
+
+def model_ms(model: nn.Module, input_size: tuple[int, int], *, threads: Optional[int] = 1, runs: int = 20) -> float:
+    """Median ONNX Runtime CPU ms of `model` (exported to opset 17 in memory), batch 1."""
+    return time_session(ort_session(onnx_bytes(model, input_size), threads), (1, 3, *input_size), runs, warmup=3)
 
 
 class LatencyModel:
