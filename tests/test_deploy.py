@@ -287,3 +287,32 @@ def test_int8_rejected_by_gate_is_a_failed_row_not_a_mislabelled_fp32(tmp_path):
     row = _build_with_builder(fake_pkg, None, tmp_path / "m.onnx", target, "int8", tmp_path, print)
     assert row["status"] == "failed" and row["artifact"] is None
     assert "miou 30.00 vs FP32 35.00" in row["reason"] and "2 most sensitive nodes" in row["reason"]
+
+
+def test_latency_variant_is_profiled_and_reported_next_to_slim_but_not_shipped(deployed):
+    """deploy.latency_variant: match -> a slim_latency model pruned to the slim plan's predicted latency is
+    exported, built, profiled and drawn in the Pareto plot; the bundle still ships dense + slim only.
+    (Last in the file: it adds stages to the shared run folder.)"""
+    cfg, _, _, tmp = deployed
+    lv_cfg = fast_demo(tmp, deploy={"latency_variant": "match", "out_dir": str(tmp / "deploy_lv")})
+    logs: list[str] = []
+    result = run_deploy(lv_cfg, "cpu", runs=5, warmup_s=0.0, log=logs.append)
+    ran = {l.split("] ")[1].split(":")[0] for l in logs if l.endswith(": started")}
+    assert "train" not in ran and "prune" not in ran and "prune_latency" in ran, logs  # dense + sparsity reused
+    report = validate_report(json.loads(result.report_json.read_text()))
+    rows = {r["variant"]: r for r in report["variants"]}
+    assert rows["slim_latency-fp32"]["status"] == "ok" and rows["slim_latency-fp32"]["latency_median_ms"] > 0
+    lv = report["latency_variant"]
+    slim_plan_ms = lv["slim_plan_predicted_ms"]
+    assert lv["budget"] == f"latency={slim_plan_ms:.4f}ms" and lv["predicted_ms"] <= slim_plan_ms * 1.0001
+    assert lv["measured_ms"] > 0 and lv["dense_predicted_ms"] > slim_plan_ms
+    models = {(r["model"], r["precision"]) for r in report["realisation"]}
+    assert ("slim", "fp32") in models and ("slim_latency", "fp32") in models
+    md = (result.bundle / "report.md").read_text()
+    assert "## Latency-budget variant (slim_latency)" in md and "| slim_latency | fp32 |" in md
+    manifest = verify_bundle(result.bundle)
+    assert {a["variant"] for a in manifest["artifacts"]} == {"dense", "slim"}
+    assert not any("slim_latency" in name for name in manifest["files"])
+    # a params budget is not a latency variant: one-line config error
+    with pytest.raises(ToolchainError, match="latency_variant.*must be 'match' or latency=Tms.*got 'params=0.5'"):
+        fast_demo(tmp, deploy={"latency_variant": "params=0.5"})

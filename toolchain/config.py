@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic import PositiveInt
 
 from toolchain.errors import ToolchainError
@@ -141,6 +141,24 @@ class DeployConfig(_Strict):
     eval_split: Literal["val", "test"] = Field("test", description="split the deployed engines are scored on "
                                                "(the INT8 gate always uses val)")
     eval_images: Optional[int] = Field(None, ge=1, description="cap eval images for engine accuracy")
+    latency_variant: Optional[str] = Field(
+        None, description="also prune the dense model to a latency budget on this target and profile it next to "
+        "slim (variant 'slim_latency': report table, realisation, Pareto plot; compared, not shipped): 'match' = "
+        "the predicted latency of the prune.budget plan, or latency=Tms. Needs an onnxruntime target")
+
+    @field_validator("latency_variant")
+    @classmethod
+    def _check_latency_variant(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v != "match":
+            from toolchain.prune.select import parse_budget
+
+            try:
+                kind = parse_budget(v).kind
+            except ToolchainError:
+                raise ValueError("must be 'match' or latency=Tms, e.g. latency=12ms") from None
+            if kind != "latency":
+                raise ValueError("must be 'match' or latency=Tms (a params/flops budget belongs in prune.budget)")
+        return v
 
 
 class ExperimentConfig(_Strict):

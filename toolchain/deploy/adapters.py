@@ -22,10 +22,49 @@ def prune_pipeline(cfg, dense_checkpoint: Path, folder: Path, *, log: Log) -> tu
     summary = {"method": final["method"], "budget": final["budget"], "recover": final["recover"],
                "metric": final["val"], "metric_name": final["metric"],
                "fraction_removed": final["fraction_removed"], "params_after": final["after"].get("params"),
-               "macs_after": final["after"].get("macs")}
-    log(f"  pruned {final['fraction_removed'][final['budget']['kind']]:.1%} of {final['budget']['kind']}, "
-        f"recovered ({final['recover']}): val {final['metric']} {final['val']:.4f}")
+               "macs_after": final["after"].get("macs"),
+               "kept": {g["root"]: g["kept"] for g in final["stages"]["select"]["groups"]},
+               "latency": final["stages"]["select"].get("latency")}
+    kind = final["budget"]["kind"]
+    removed = final["fraction_removed"]
+    what = (f"{removed['flops']:.1%} of MACs (predicted {summary['latency']['predicted_ms']:.4f} ms)"
+            if kind == "latency" else f"{removed[kind]:.1%} of {kind}")
+    log(f"  pruned {what}, recovered ({final['recover']}): val {final['metric']} {final['val']:.4f}")
     return Path(final["checkpoint"]), summary
+
+
+def latency_variant_budget(cfg, dense_checkpoint: Path, kept: dict, log: Log) -> tuple[str, dict]:
+    """The latency budget of the deploy's `slim_latency` variant (deploy.latency_variant) and how it was set.
+
+    'match': the predicted latency of the prune.budget plan (`kept` widths per group root) on the per-layer
+    latency table of deploy.target (measured here, or loaded from <out_dir>/latency_tables/), so the two slim
+    models are compared at equal predicted latency. 'latency=Tms': that budget."""
+    from toolchain.errors import ToolchainError
+    from toolchain.profile.layer_latency import LatencyModel, build_latency_table
+    from toolchain.prune.groups import build_pruning_graph
+    from toolchain.prune.select import resolve_round_to
+    from toolchain.targets import load_target
+    from toolchain.train.checkpoint import load_model
+
+    wanted = cfg.deploy.latency_variant
+    if wanted != "match":
+        return wanted, {"source": "deploy.latency_variant"}
+    model, _ = load_model(dense_checkpoint, cfg)
+    graph = build_pruning_graph(model, tuple(cfg.data.input_size))
+    round_to, _ = resolve_round_to(cfg.prune.round_to, cfg.deploy.target)
+    table = build_latency_table(graph, load_target(cfg.deploy.target), round_to=round_to,
+                                cache_dir=Path(cfg.out_dir) / "latency_tables", log=log)
+    latency = LatencyModel(graph, table)
+    missing = [g.root for g in graph.groups if g.root not in kept]
+    if missing:
+        raise ToolchainError(f"deploy.latency_variant 'match': the slim plan has no width for group {missing[0]} "
+                             "(the prune stage was made by another version); rerun with a fresh run folder")
+    predicted = latency([kept[g.root] for g in graph.groups])
+    log(f"  slim plan ({cfg.prune.budget}): predicted {predicted:.4f} ms on {cfg.deploy.target} "
+        f"(dense {latency(latency.sizes):.4f} ms); slim_latency gets latency={predicted:.4f}ms")
+    return f"latency={predicted:.4f}ms", {"source": f"match: predicted latency of the {cfg.prune.budget} plan",
+                                          "slim_predicted_ms": predicted,
+                                          "dense_predicted_ms": latency(latency.sizes)}
 
 
 # -- build ----------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from toolchain.errors import ToolchainError
 from toolchain.models.registry import display_name
 from toolchain.utils.io import atomic_path, read_json, sha256_json, write_json
 
-VARIANTS = ("dense", "slim")
+VARIANTS = ("dense", "slim")  # shipped in the bundle (toolchain.artifacts.bundle.VARIANTS)
+COMPARED = "slim_latency"  # deploy.latency_variant: built and profiled next to slim, reported, not shipped
 
 
 @dataclass
@@ -67,14 +68,23 @@ def run_deploy(cfg, target_name: str, *, checkpoint: Optional[str] = None, out_d
                               {"dense": done["train"].sha256["checkpoint"]}, code_version("prune", "train", "models", "deploy/stages.py", "deploy/adapters.py"),
                               lambda f, r: stages.prune_and_recover(cfg, dense_ckpt, f, r, log))
     checkpoints = {"dense": dense_ckpt, "slim": done["prune"].artifacts["checkpoint"]}
+    if cfg.deploy.latency_variant:
+        done["prune_latency"] = cache.run(
+            "prune_latency", {**_section(cfg, "model", "data", "train", "prune"), "target": target.name,
+                              "latency_variant": cfg.deploy.latency_variant},
+            {"dense": done["train"].sha256["checkpoint"], "slim": done["prune"].sha256["checkpoint"]},
+            code_version("prune", "train", "models", "profile", "deploy/stages.py", "deploy/adapters.py"),
+            lambda f, r: stages.prune_latency_variant(cfg, dense_ckpt, done["prune"].summary.get("kept") or {},
+                                                      f, r, log))
+        checkpoints[COMPARED] = done["prune_latency"].artifacts["checkpoint"]
     done["export"] = cache.run("export", _section(cfg, "export"),
-                               {"dense": done["train"].sha256["checkpoint"], "slim": done["prune"].sha256["checkpoint"]},
+                               {v: _stage_of(done, v).sha256["checkpoint"] for v in checkpoints},
                                code_version("export", "deploy/stages.py"),
                                lambda f, r: stages.export_variants(cfg, checkpoints, f, target.name, log))
-    onnx = {v: done["export"].artifacts[v] for v in VARIANTS}
+    onnx = {v: done["export"].artifacts[v] for v in checkpoints}
     target_spec = target.model_dump(mode="json", exclude={"source"})
     done["build"] = tcache.run("build", {**_section(cfg, "quantize", "deploy"), "target": target_spec},
-                               {v: done["export"].sha256[v] for v in VARIANTS},
+                               {v: done["export"].sha256[v] for v in onnx},
                                code_version("build", "calibration", "deploy/adapters.py"),
                                lambda f, r: _build_stage(cfg, target, onnx, f, log))
     done["profile"] = tcache.run("profile", {**_section(cfg, "deploy", "data"), "target": target_spec,
@@ -89,6 +99,10 @@ def run_deploy(cfg, target_name: str, *, checkpoint: Optional[str] = None, out_d
     return DeployResult(bundle, bundle / "report.html", bundle / "report.json", done, seconds)
 
 
+def _stage_of(done: dict, variant: str) -> StageRecord:
+    return done[{"dense": "train", "slim": "prune", COMPARED: "prune_latency"}[variant]]
+
+
 def _sha(path: Path) -> str:
     from toolchain.utils.io import sha256_file
 
@@ -98,7 +112,7 @@ def _sha(path: Path) -> str:
 # -- build -----------------------------------------------------------------------------------------
 def _build_stage(cfg, target, onnx: dict[str, Path], folder: Path, log):
     artifacts, rows = {}, {}
-    for variant in VARIANTS:
+    for variant in onnx:
         for precision in target.precisions:
             name = f"{variant}-{precision}"
             log(f"  build {name} for {target.name}")
@@ -166,7 +180,7 @@ def _profile_stage(cfg, target, onnx: dict[str, Path], build: StageRecord, folde
                                         warmup_s=warmup_s, onnx_path=cost_onnx,
                                         target=target, precision=precision, accuracy_fn=accuracy)
     if target.backend != "onnxruntime":  # host reference: the FP32 ONNX measured on this machine
-        for variant in VARIANTS:
+        for variant in onnx:
             log(f"  profile {variant}-fp32 on this host with ONNX Runtime CPU (reference, not the target)")
             profiles[f"{variant}-fp32-host"] = profile_engine(
                 lambda v=variant: OrtRunner(onnx[v]).load(), model_file=onnx[variant], batches=[1], runs=runs,
@@ -271,27 +285,54 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
                               size_bytes=onnx[variant].stat().st_size,
                               accuracy=prof.get("accuracy", {}).get("value"), accuracy_metric=metric)
             report["variants"].append(row)
-    dense_cost, slim_cost = onnx_cost(onnx["dense"]), onnx_cost(onnx["slim"])
-    report["layers_before_after"] = compare_layers(dense_cost, slim_cost)
-    report["realisation"] = latency_realisation(report["variants"], dense_cost["macs"], slim_cost["macs"])
-    report["pytorch_metrics"] = {"dense": done["train"].summary.get("metric"),
-                                 "slim": done["prune"].summary.get("metric")}
+    costs = {v: onnx_cost(path) for v, path in onnx.items()}
+    report["layers_before_after"] = compare_layers(costs["dense"], costs["slim"])
+    report["realisation"] = latency_realisation(report["variants"], {v: c["macs"] for v, c in costs.items()})
+    report["pytorch_metrics"] = {v: _stage_of(done, v).summary.get("metric") for v in onnx}
+    if COMPARED in onnx:
+        report["latency_variant"] = latency_variant_record(cfg, done)
+        lv = report["latency_variant"]
+        report["notes"].append(
+            f"{COMPARED}: the same {done['prune'].summary['method']} prune with the latency budget {lv['budget']} "
+            f"({lv['budget_source']}); predicted {_ms(lv['predicted_ms'])} ms, measured {_ms(lv['measured_ms'])} ms "
+            f"(ONNX Runtime CPU, {lv['threads']} thread(s), while pruning). It is built and profiled here for "
+            f"comparison and not shipped: to ship it, set prune.budget: {lv['budget']} and deploy again.")
     return report
 
 
-def latency_realisation(variants: list[dict], dense_macs: float, slim_macs: float) -> list[dict]:
-    """Per precision where dense and slim were both measured: MACs ratio, measured speed-up and
-    realisation = speed-up / MACs ratio (1.0: every MAC removed became time saved)."""
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def latency_variant_record(cfg, done: dict) -> dict:
+    """What the slim_latency variant was pruned to, and its predicted vs measured latency while pruning."""
+    summary = done["prune_latency"].summary
+    lat = summary.get("latency") or {}
+    how = summary.get("budget_source") or {}
+    slim_lat = (done["prune"].summary.get("latency") or {})
+    return {"budget": summary["latency_budget"], "budget_source": how.get("source"),
+            "slim_plan_predicted_ms": how.get("slim_predicted_ms", slim_lat.get("predicted_ms")),
+            "dense_predicted_ms": lat.get("dense_predicted_ms"), "dense_measured_ms": lat.get("dense_measured_ms"),
+            "predicted_ms": lat.get("predicted_ms"), "measured_ms": lat.get("measured_ms"),
+            "threads": lat.get("threads"), "target": lat.get("target"),
+            "fraction_removed": summary.get("fraction_removed"), "val": summary.get("metric")}
+
+
+def latency_realisation(variants: list[dict], macs: dict[str, float]) -> list[dict]:
+    """Per pruned model (slim, slim_latency) and precision where it and dense were both measured: MACs ratio,
+    measured speed-up and realisation = speed-up / MACs ratio (1.0: every MAC removed became time saved)."""
     measured = {(r["model"], r["precision"]): r["latency_median_ms"] for r in variants
                 if r["status"] == "ok" and r.get("latency_median_ms") and "host reference" not in r["variant"]}
-    macs_ratio = dense_macs / slim_macs if slim_macs else None
     rows = []
-    for precision in ("fp32", "fp16", "int8"):
-        dense, slim = measured.get(("dense", precision)), measured.get(("slim", precision))
-        if dense and slim and macs_ratio:
-            speedup = dense / slim
-            rows.append({"precision": precision, "dense_ms": dense, "slim_ms": slim, "macs_ratio": round(macs_ratio, 3),
-                         "speedup": round(speedup, 3), "realisation": round(speedup / macs_ratio, 3)})
+    for model in (m for m in macs if m != "dense"):
+        macs_ratio = macs["dense"] / macs[model] if macs.get(model) else None
+        for precision in ("fp32", "fp16", "int8"):
+            dense, slim = measured.get(("dense", precision)), measured.get((model, precision))
+            if dense and slim and macs_ratio:
+                speedup = dense / slim
+                rows.append({"model": model, "precision": precision, "dense_ms": dense, "slim_ms": slim,
+                             "macs_ratio": round(macs_ratio, 3), "speedup": round(speedup, 3),
+                             "realisation": round(speedup / macs_ratio, 3)})
     return rows
 
 
@@ -311,6 +352,8 @@ def manifest_for(cfg, target, done, onnx) -> tuple[dict, dict[str, Path]]:
     artifacts, device_builds = [], []
     for name, row in done["build"].summary["rows"].items():
         variant, precision = name.split("-", 1)
+        if variant not in VARIANTS:  # compared in the report, not shipped
+            continue
         artifact = done["build"].artifacts.get(name)
         if artifact is None and row.get("kind") == BUILD_SCRIPT.name and "build_engine.sh" in row.get("extra_files", []):
             # the engine build_engine.sh writes on the device (engines are tied to the device's TensorRT)

@@ -56,7 +56,7 @@ def plot_pareto(rows: list[dict], metric: str, higher_is_better: bool, title: st
         return None
     plt, fig, ax = _figure()
     for r in pts:
-        marker = "o" if r["model"] == "slim" else "s"
+        marker = {"dense": "s", "slim": "o"}.get(r["model"], "^")  # ^: slim_latency (deploy.latency_variant)
         ax.scatter(r["latency_median_ms"], r["accuracy"], color=_COLORS.get(r["precision"], "gray"), marker=marker, s=60)
         ax.annotate(r["variant"], (r["latency_median_ms"], r["accuracy"]), textcoords="offset points",
                     xytext=(5, 4), fontsize=8)

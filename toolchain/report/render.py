@@ -70,8 +70,8 @@ def _top_layers(report: dict) -> list[tuple[str, str, list[dict]]]:
 
 
 REALISATION_COLUMNS = (
-    ("precision", lambda r: r["precision"]), ("dense ms", lambda r: f"{r['dense_ms']:.3f}"),
-    ("slim ms", lambda r: f"{r['slim_ms']:.3f}"), ("MACs ratio", lambda r: f"{r['macs_ratio']:.2f}x"),
+    ("model", lambda r: r.get("model", "slim")), ("precision", lambda r: r["precision"]), ("dense ms", lambda r: f"{r['dense_ms']:.3f}"),
+    ("pruned ms", lambda r: f"{r['slim_ms']:.3f}"), ("MACs ratio", lambda r: f"{r['macs_ratio']:.2f}x"),
     ("measured speed-up", lambda r: f"{r['speedup']:.2f}x"), ("realisation", lambda r: f"{r['realisation']:.2f}"))
 
 
@@ -79,10 +79,23 @@ def _realisation_markdown(report: dict) -> list[str]:
     real = report.get("realisation") or []
     if not real:
         return []
-    lines = ["## Latency realisation (slim vs dense)", "",
+    lines = ["## Latency realisation (pruned vs dense)", "",
              "| " + " | ".join(h for h, _ in REALISATION_COLUMNS) + " |", "|" + " --- |" * len(REALISATION_COLUMNS)]
     lines += ["| " + " | ".join(fmt(r) for _, fmt in REALISATION_COLUMNS) + " |" for r in real]
     return lines + ["", "Realisation = measured speed-up / MACs ratio: 1.0 when every MAC removed became time saved.", ""]
+
+
+def _latency_variant_lines(report: dict) -> list[str]:
+    lv = report.get("latency_variant")
+    if not lv:
+        return []
+    ms = lambda v: "n/a" if v is None else f"{v:.3f} ms"  # noqa: E731
+    return [f"budget {lv['budget']} ({lv.get('budget_source') or 'deploy.latency_variant'})",
+            f"slim plan (prune.budget) predicted {ms(lv.get('slim_plan_predicted_ms'))}; slim_latency predicted "
+            f"{ms(lv.get('predicted_ms'))}, measured {ms(lv.get('measured_ms'))} while pruning "
+            f"(ONNX Runtime CPU, {lv.get('threads')} thread(s)); dense predicted {ms(lv.get('dense_predicted_ms'))}, "
+            f"measured {ms(lv.get('dense_measured_ms'))}",
+            "compared here, not shipped in the bundle: set prune.budget to the budget above to ship it"]
 
 
 def to_markdown(report: dict) -> str:
@@ -96,6 +109,8 @@ def to_markdown(report: dict) -> str:
     lines += ["", "Latency: batch 1, warm-up by time then timed runs; median and p99 per inference. "
               "host RSS +: peak resident memory over the idle process while loading and running.", ""]
     lines += _realisation_markdown(report)
+    if report.get("latency_variant"):
+        lines += ["## Latency-budget variant (slim_latency)", ""] + [f"- {l}" for l in _latency_variant_lines(report)] + [""]
     est = _estimate_lines(report)
     if est:
         lines += ["## Estimates (not measurements)", ""] + [f"- {l}" for l in est] + [""]
@@ -148,8 +163,11 @@ def to_html(report: dict, pngs: dict[str, bytes]) -> str:
                            [r["status"] for r in report["variants"]]))
     real = report.get("realisation") or []
     if real:
-        body.append("<h2>Latency realisation (slim vs dense)</h2>" + html_table(
+        body.append("<h2>Latency realisation (pruned vs dense)</h2>" + html_table(
             [h for h, _ in REALISATION_COLUMNS], [[fmt(r) for _, fmt in REALISATION_COLUMNS] for r in real]))
+    if report.get("latency_variant"):
+        body.append("<h2>Latency-budget variant (slim_latency)</h2><ul>" +
+                    "".join(f"<li>{html.escape(l)}</li>" for l in _latency_variant_lines(report)) + "</ul>")
     est = _estimate_lines(report)
     if est:
         body.append("<h2>Estimates (not measurements)</h2><ul class='estimate'>" +
