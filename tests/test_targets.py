@@ -78,3 +78,14 @@ def test_desktop_rtx_target(tmp_path):
         path.write_text(base + extra)
         with pytest.raises(ToolchainError, match=message):
             load_target(path)
+
+
+def test_every_target_gives_a_channel_multiple_for_each_precision():
+    """prune.round_to: target must mean something on every target (issue 11, hardware-aware widths)."""
+    from toolchain.targets import list_targets
+
+    for target in list_targets():
+        missing = [p for p in target.precisions if p not in target.channel_multiple]
+        assert not missing, f"{target.name}: no channel_multiple for {missing}"
+        if target.backend == "tensorrt":
+            assert target.channel_multiple.get("int8", 32) == 32 and target.channel_multiple.get("fp16", 8) == 8
