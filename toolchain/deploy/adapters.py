@@ -33,14 +33,14 @@ def prune_pipeline(cfg, dense_checkpoint: Path, folder: Path, *, log: Log) -> tu
     return Path(final["checkpoint"]), summary
 
 
-def latency_variant_budget(cfg, dense_checkpoint: Path, kept: dict, log: Log) -> tuple[str, dict]:
+def latency_variant_budget(cfg, dense_checkpoint: Path, slim_checkpoint: Path, kept: dict, log: Log) -> tuple[str, dict]:
     """The latency budget of the deploy's `slim_latency` variant (deploy.latency_variant) and how it was set.
 
-    'match': the predicted latency of the prune.budget plan (`kept` widths per group root) on the per-layer
-    latency table of deploy.target (measured here, or loaded from <out_dir>/latency_tables/), so the two slim
-    models are compared at equal predicted latency. 'latency=Tms': that budget."""
+    'match': the measured latency of the prune.budget slim model (ONNX Runtime CPU, the latency table's
+    threads), so the two slim models are compared at equal measured latency; its predicted latency on the
+    table (from the plan's `kept` widths per group root) is recorded next to it. 'latency=Tms': that budget."""
     from toolchain.errors import ToolchainError
-    from toolchain.profile.layer_latency import LatencyModel, build_latency_table
+    from toolchain.profile.layer_latency import LatencyModel, build_latency_table, model_ms
     from toolchain.prune.groups import build_pruning_graph
     from toolchain.prune.select import resolve_round_to
     from toolchain.targets import load_target
@@ -60,11 +60,13 @@ def latency_variant_budget(cfg, dense_checkpoint: Path, kept: dict, log: Log) ->
         raise ToolchainError(f"deploy.latency_variant 'match': the slim plan has no width for group {missing[0]} "
                              "(the prune stage was made by another version); rerun with a fresh run folder")
     predicted = latency([kept[g.root] for g in graph.groups])
-    log(f"  slim plan ({cfg.prune.budget}): predicted {predicted:.4f} ms on {cfg.deploy.target} "
-        f"(dense {latency(latency.sizes):.4f} ms); slim_latency gets latency={predicted:.4f}ms")
-    return f"latency={predicted:.4f}ms", {"source": f"match: predicted latency of the {cfg.prune.budget} plan",
-                                          "slim_predicted_ms": predicted,
-                                          "dense_predicted_ms": latency(latency.sizes)}
+    slim, _ = load_model(slim_checkpoint, cfg)
+    measured = model_ms(slim, tuple(cfg.data.input_size), threads=table.data["threads"], runs=50)
+    log(f"  slim plan ({cfg.prune.budget}): measured {measured:.4f} ms, predicted {predicted:.4f} ms on "
+        f"{cfg.deploy.target} (dense {table.dense_model_ms:.4f} ms measured); slim_latency gets latency={measured:.4f}ms")
+    return f"latency={measured:.4f}ms", {"source": f"match: measured latency of the {cfg.prune.budget} slim model",
+                                         "slim_measured_ms": measured, "slim_predicted_ms": predicted,
+                                         "dense_predicted_ms": latency(latency.sizes)}
 
 
 # -- build ----------------------------------------------------------------------------------------

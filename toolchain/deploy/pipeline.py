@@ -74,8 +74,8 @@ def run_deploy(cfg, target_name: str, *, checkpoint: Optional[str] = None, out_d
                               "latency_variant": cfg.deploy.latency_variant},
             {"dense": done["train"].sha256["checkpoint"], "slim": done["prune"].sha256["checkpoint"]},
             code_version("prune", "train", "models", "profile", "deploy/stages.py", "deploy/adapters.py"),
-            lambda f, r: stages.prune_latency_variant(cfg, dense_ckpt, done["prune"].summary.get("kept") or {},
-                                                      f, r, log))
+            lambda f, r: stages.prune_latency_variant(cfg, dense_ckpt, done["prune"].artifacts["checkpoint"],
+                                                      done["prune"].summary.get("kept") or {}, f, r, log))
         checkpoints[COMPARED] = done["prune_latency"].artifacts["checkpoint"]
     done["export"] = cache.run("export", _section(cfg, "export"),
                                {v: _stage_of(done, v).sha256["checkpoint"] for v in checkpoints},
@@ -312,6 +312,8 @@ def latency_variant_record(cfg, done: dict) -> dict:
     slim_lat = (done["prune"].summary.get("latency") or {})
     return {"budget": summary["latency_budget"], "budget_source": how.get("source"),
             "slim_plan_predicted_ms": how.get("slim_predicted_ms", slim_lat.get("predicted_ms")),
+            "slim_plan_measured_ms": how.get("slim_measured_ms", slim_lat.get("measured_ms")),
+            "calibration": lat.get("calibration"),
             "dense_predicted_ms": lat.get("dense_predicted_ms"), "dense_measured_ms": lat.get("dense_measured_ms"),
             "predicted_ms": lat.get("predicted_ms"), "measured_ms": lat.get("measured_ms"),
             "threads": lat.get("threads"), "target": lat.get("target"),

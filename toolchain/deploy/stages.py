@@ -51,11 +51,12 @@ def prune_and_recover(cfg, dense_checkpoint: Path, folder: Path, resume: bool, l
 
 
 # -- 2b. optional: the same prune to a latency budget (deploy.latency_variant), for comparison ---------
-def prune_latency_variant(cfg, dense_checkpoint: Path, slim_kept: dict, folder: Path, resume: bool, log: Log):
+def prune_latency_variant(cfg, dense_checkpoint: Path, slim_checkpoint: Path, slim_kept: dict, folder: Path,
+                          resume: bool, log: Log):
     from toolchain.config import config_from_dict, config_to_dict, deep_merge
     from toolchain.deploy.adapters import latency_variant_budget, prune_pipeline
 
-    budget, how = latency_variant_budget(cfg, dense_checkpoint, slim_kept, log)
+    budget, how = latency_variant_budget(cfg, dense_checkpoint, slim_checkpoint, slim_kept, log)
     log(f"  slim_latency: pruning to {budget} on {cfg.deploy.target} ({how['source']})")
     lat_cfg = config_from_dict(deep_merge(config_to_dict(cfg), {"prune": {"budget": budget}}))
     slim_path, summary = prune_pipeline(lat_cfg, dense_checkpoint, folder, log=log)  # sparsity run reused

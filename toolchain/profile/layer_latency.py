@@ -293,6 +293,7 @@ class LatencyModel:
         self.names = [n for n in table.layers if n in self.cost._layers]
         self.dense_table_ms = self._table_sum([0] * len(self.sizes))
         self.scale = table.dense_model_ms / self.dense_table_ms if self.dense_table_ms > 0 else 1.0
+        self.offset = 0.0  # ms the table cannot see (unpooling, resizes, reorders): set by `calibrate`
 
     def _table_sum(self, removed: Sequence[int]) -> float:
         total = 0.0
@@ -301,8 +302,26 @@ class LatencyModel:
             total += self.table.lookup(name, inp, out)
         return total
 
+    def table_ms(self, kept: Sequence[int]) -> float:
+        """The table's sum over the prunable convs at these widths (uncalibrated)."""
+        return self._table_sum([s - k for s, k in zip(self.sizes, kept)])
+
     def __call__(self, kept: Sequence[int]) -> float:
-        return self.scale * self._table_sum([s - k for s, k in zip(self.sizes, kept)])
+        return self.scale * self.table_ms(kept) + self.offset
+
+    def calibrate(self, kept: Sequence[int], measured_ms: float) -> bool:
+        """Fit predicted = scale x table + offset through the dense point and a measured pruned model.
+
+        The first prediction scales every op with the convs; ops outside the table (SegNet's unpooling,
+        resizes, layout reorders) shrink less, so an aggressive plan measures slower than predicted.
+        Returns False (model unchanged) when the measurement gives no usable slope."""
+        t_dense, t_slim = self.dense_table_ms, self.table_ms(kept)
+        m_dense = self.table.dense_model_ms
+        if t_dense - t_slim <= 1e-9 * t_dense or m_dense - measured_ms <= 0:
+            return False
+        self.scale = (m_dense - measured_ms) / (t_dense - t_slim)
+        self.offset = m_dense - self.scale * t_dense
+        return True
 
     def per_channel_gain(self) -> list[float]:
         """Predicted ms saved per channel when a quarter of one group is removed (the others dense)."""

@@ -135,6 +135,10 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     cost_fn, saliency, latency = budget_cost(cfg, graph, cost, budget, saliency, round_to)
     selection = select_channels(graph, saliency, budget, cost_fn, min_channels=p.min_channels,
                                 min_fraction=p.min_fraction, round_to=round_to)
+    if latency is not None:  # measure the plan, recalibrate the table's prediction, select again
+        reselect = lambda: select_channels(graph, saliency, budget, cost_fn, min_channels=p.min_channels,  # noqa: E731
+                                           min_fraction=p.min_fraction, round_to=round_to)
+        selection = calibrated_latency_selection(model, graph, selection, reselect, cost_fn, budget, latency)
     select_record = {
         "stage": "select", "method": method.name, "saliency": method.saliency, "budget": budget.as_dict(),
         "group_reduction": p.group_reduction if method.saliency == "bn-scale" else None,
@@ -152,6 +156,37 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     slim_record = {"stage": "slim", "removed_per_layer": removed_per_layer(plan), "equivalence_rel_error": error,
                    "wall_s": round(time.time() - t1, 2)}
     return slim, plan, select_record, slim_record
+
+
+LATENCY_CALIBRATION_STEPS = 3
+LATENCY_TOLERANCE = 0.05
+
+
+def calibrated_latency_selection(model: nn.Module, graph, selection, reselect, latency_model, budget: Budget,
+                                 record: dict):
+    """A latency plan checked against the clock: slim a copy of `model` to the selection, measure it (ONNX
+    Runtime, the table's threads), and while it misses the budget by more than LATENCY_TOLERANCE refit the
+    prediction through the dense point and this measurement (`LatencyModel.calibrate`) and select again
+    (at most LATENCY_CALIBRATION_STEPS measurements; NetAdapt-style measured feedback). Each step is
+    recorded in record["calibration"]."""
+    from toolchain.profile.layer_latency import model_ms
+    from toolchain.prune.groups import build_pruning_graph
+    from toolchain.prune.surgery import prune_model
+
+    steps = record.setdefault("calibration", [])
+    for step in range(LATENCY_CALIBRATION_STEPS):
+        trial = copy.deepcopy(model)
+        trial_slim, _, _ = prune_model(build_pruning_graph(trial, graph.input_size), selection.removed, verify=False)
+        measured = model_ms(trial_slim, tuple(graph.input_size), threads=record["threads"])
+        steps.append({"predicted_ms": selection.cost_after, "measured_ms": measured})
+        print(f"[select] latency plan {step + 1}: predicted {selection.cost_after:.4f} ms, measured {measured:.4f} ms "
+              f"(budget {budget.value:g} ms)", flush=True)
+        if abs(measured - budget.value) <= LATENCY_TOLERANCE * budget.value or step + 1 == LATENCY_CALIBRATION_STEPS:
+            break
+        if not latency_model.calibrate(selection.kept, measured):
+            break
+        selection = reselect()
+    return selection
 
 
 def prune_run_dir(cfg, method: str, budget: Budget, out: Optional[str | Path] = None) -> Path:

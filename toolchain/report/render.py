@@ -91,10 +91,13 @@ def _latency_variant_lines(report: dict) -> list[str]:
         return []
     ms = lambda v: "n/a" if v is None else f"{v:.3f} ms"  # noqa: E731
     return [f"budget {lv['budget']} ({lv.get('budget_source') or 'deploy.latency_variant'})",
-            f"slim plan (prune.budget) predicted {ms(lv.get('slim_plan_predicted_ms'))}; slim_latency predicted "
+            f"slim plan (prune.budget) measured {ms(lv.get('slim_plan_measured_ms'))}, predicted "
+            f"{ms(lv.get('slim_plan_predicted_ms'))}; slim_latency predicted "
             f"{ms(lv.get('predicted_ms'))}, measured {ms(lv.get('measured_ms'))} while pruning "
             f"(ONNX Runtime CPU, {lv.get('threads')} thread(s)); dense predicted {ms(lv.get('dense_predicted_ms'))}, "
             f"measured {ms(lv.get('dense_measured_ms'))}",
+            "plan measurements (predicted -> measured, refitting the table after each): " + ", ".join(
+                f"{ms(c['predicted_ms'])} -> {ms(c['measured_ms'])}" for c in lv.get("calibration") or []),
             "compared here, not shipped in the bundle: set prune.budget to the budget above to ship it"]
 
 
