@@ -96,7 +96,10 @@ def test_measured_feedback_recalibrates_a_latency_plan_until_it_meets_the_budget
         return 1.0 + conv_share * sum(table.lookup(c.name, c.in_channels, c.out_channels) for c in convs
                                       if c.name in latency.names)
 
-    monkeypatch.setattr(ll, "model_ms", clock)
+    def relative(reference, slim, size, threads=1, rounds=5, runs=10):  # the clock, timed against dense (2 ms)
+        return clock(slim, size) / 2.0, clock(slim, size), 2.0
+
+    monkeypatch.setattr(ll, "relative_ms", relative)
     budget = parse_budget("latency=1.6ms")
     saliency = latency_weighted_saliency(channel_saliency("bn-scale", graph), latency.per_channel_gain())
     reselect = lambda: select_channels(graph, saliency, budget, latency, min_channels=2)  # noqa: E731
@@ -272,3 +275,12 @@ def test_latency_budget_benchmark_checkpoint_mode_recovers_plans_at_matched_late
     assert bench.main(["--report-only", str(base.with_suffix(".json")), "--repeat", str(tmp_path / "other.json")]) == 2
     # a user mistake is one line, exit 2
     assert bench.main(["--config", str(tmp_path / "tiny.yaml")]) == 2
+
+
+def test_relative_ms_times_both_models_and_returns_their_ratio():
+    from toolchain.profile.layer_latency import relative_ms
+
+    torch.manual_seed(0)
+    small, big = create_model("resnet20", 10, width=0.25), create_model("resnet20", 10, width=1.0)
+    ratio, big_ms, small_ms = relative_ms(small, big, (32, 32), threads=1, rounds=3, runs=5)
+    assert big_ms > 0 and small_ms > 0 and ratio > 1.5  # 16x the MACs: slower on any host

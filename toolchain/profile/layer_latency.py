@@ -280,6 +280,24 @@ def model_ms(model: nn.Module, input_size: tuple[int, int], *, threads: Optional
     return time_session(ort_session(onnx_bytes(model, input_size), threads), (1, 3, *input_size), runs, warmup=3)
 
 
+def relative_ms(reference: nn.Module, model: nn.Module, input_size: tuple[int, int], *, threads: Optional[int] = 1,
+                rounds: int = 5, runs: int = 10) -> tuple[float, float, float]:
+    """(median of per-round ms ratios model / reference, model ms, reference ms): the two timed in alternating
+    rounds, so load from other processes slows both alike and the ratio stays meaningful on a busy host."""
+    shape = (1, 3, *input_size)
+    sessions = [ort_session(onnx_bytes(m, input_size), threads) for m in (reference, model)]
+    for s in sessions:
+        time_session(s, shape, runs=1, warmup=3)
+    ref_ms, model_ms_, ratios = [], [], []
+    for _ in range(rounds):
+        r = time_session(sessions[0], shape, runs, warmup=1)
+        m = time_session(sessions[1], shape, runs, warmup=1)
+        ref_ms.append(r)
+        model_ms_.append(m)
+        ratios.append(m / r)
+    return float(np.median(ratios)), float(np.median(model_ms_)), float(np.median(ref_ms))
+
+
 class LatencyModel:
     """Predicted model latency (ms) as a function of the kept width of every group of `graph`."""
 

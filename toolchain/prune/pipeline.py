@@ -164,23 +164,28 @@ LATENCY_TOLERANCE = 0.05
 
 def calibrated_latency_selection(model: nn.Module, graph, selection, reselect, latency_model, budget: Budget,
                                  record: dict):
-    """A latency plan checked against the clock: slim a copy of `model` to the selection, measure it (ONNX
-    Runtime, the table's threads), and while it misses the budget by more than LATENCY_TOLERANCE refit the
-    prediction through the dense point and this measurement (`LatencyModel.calibrate`) and select again
-    (at most LATENCY_CALIBRATION_STEPS measurements; NetAdapt-style measured feedback). Each step is
-    recorded in record["calibration"]."""
-    from toolchain.profile.layer_latency import model_ms
+    """A latency plan checked against the clock: slim a copy of `model` to the selection and time it against
+    the dense model in alternating rounds (ONNX Runtime, the table's threads); its latency is that ratio x the
+    table's dense ms, so a busy host slows both alike. While it misses the budget by more than
+    LATENCY_TOLERANCE, refit the prediction through the dense point and this measurement
+    (`LatencyModel.calibrate`) and select again (at most LATENCY_CALIBRATION_STEPS measurements;
+    NetAdapt-style measured feedback). Each step is recorded in record["calibration"]."""
+    from toolchain.profile.layer_latency import relative_ms
     from toolchain.prune.groups import build_pruning_graph
     from toolchain.prune.surgery import prune_model
 
     steps = record.setdefault("calibration", [])
+    dense_ms = latency_model.table.dense_model_ms
     for step in range(LATENCY_CALIBRATION_STEPS):
         trial = copy.deepcopy(model)
         trial_slim, _, _ = prune_model(build_pruning_graph(trial, graph.input_size), selection.removed, verify=False)
-        measured = model_ms(trial_slim, tuple(graph.input_size), threads=record["threads"])
-        steps.append({"predicted_ms": selection.cost_after, "measured_ms": measured})
-        print(f"[select] latency plan {step + 1}: predicted {selection.cost_after:.4f} ms, measured {measured:.4f} ms "
-              f"(budget {budget.value:g} ms)", flush=True)
+        ratio, plan_now, dense_now = relative_ms(model, trial_slim, tuple(graph.input_size), threads=record["threads"])
+        measured = ratio * dense_ms
+        steps.append({"predicted_ms": selection.cost_after, "measured_ms": measured, "ratio_to_dense": ratio,
+                      "plan_ms_now": plan_now, "dense_ms_now": dense_now})
+        print(f"[select] latency plan {step + 1}: predicted {selection.cost_after:.4f} ms, measured {ratio:.3f} x "
+              f"dense = {measured:.4f} ms (budget {budget.value:g} ms; now {plan_now:.3f} vs dense {dense_now:.3f} ms)",
+              flush=True)
         if abs(measured - budget.value) <= LATENCY_TOLERANCE * budget.value or step + 1 == LATENCY_CALIBRATION_STEPS:
             break
         if not latency_model.calibrate(selection.kept, measured):
