@@ -284,3 +284,38 @@ def test_relative_ms_times_both_models_and_returns_their_ratio():
     small, big = create_model("resnet20", 10, width=0.25), create_model("resnet20", 10, width=1.0)
     ratio, big_ms, small_ms = relative_ms(small, big, (32, 32), threads=1, rounds=3, runs=5)
     assert big_ms > 0 and small_ms > 0 and ratio > 1.5  # 16x the MACs: slower on any host
+
+
+@pytest.mark.parametrize("ratios,chosen", [((0.9, 0.5, 0.7), 2), ((0.9, 0.7, 0.5), 1), ((0.9, 0.3, 0.2), 1),
+                                           ((0.9, 0.95), None)])
+def test_after_the_last_measurement_the_plan_closest_under_the_budget_is_kept(tmp_path, monkeypatch, ratios, chosen):
+    """A noisy clock that never lands within 5%: keep the measured plan nearest the budget from below (else the
+    fastest); the refits go through the last two measured plans once there are two."""
+    import toolchain.profile.layer_latency as ll
+    from toolchain.prune.pipeline import calibrated_latency_selection
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_lraspp", 3, width=0.25)
+    graph = build_pruning_graph(model, (32, 32))
+    table = build_latency_table(graph, load_target("cpu"), cache_dir=tmp_path, points=3, measure=fake_ms,
+                                dense_ms=lambda m: 2.0, log=None)
+    latency = LatencyModel(graph, table)
+    script = iter(ratios)
+    monkeypatch.setattr(ll, "relative_ms", lambda *a, **k: (next(script), 1.0, 1.0))
+    budget = parse_budget("latency=1.6ms")  # 0.8 x dense
+    saliency = latency_weighted_saliency(channel_saliency("bn-scale", graph), latency.per_channel_gain())
+    made = []
+
+    def reselect():
+        made.append(select_channels(graph, saliency, budget, latency, min_channels=2))
+        return made[-1]
+
+    first = reselect()
+    record = {"threads": 1}
+    if chosen is None:  # measured slower as it shrinks: the refit says the budget cannot be met, and says why
+        with pytest.raises(ToolchainError, match=r"cannot be met.*after timing 2 plan\(s\).*1.8 ms, 1.9 ms"):
+            calibrated_latency_selection(model, graph, first, reselect, latency, budget, record)
+        return
+    result = calibrated_latency_selection(model, graph, first, reselect, latency, budget, record)
+    assert [round(s["measured_ms"] / 2.0, 6) for s in record["calibration"]] == list(ratios)
+    assert record["calibration_chosen"] == chosen and result is made[chosen]

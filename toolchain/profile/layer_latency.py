@@ -327,18 +327,21 @@ class LatencyModel:
     def __call__(self, kept: Sequence[int]) -> float:
         return self.scale * self.table_ms(kept) + self.offset
 
-    def calibrate(self, kept: Sequence[int], measured_ms: float) -> bool:
-        """Fit predicted = scale x table + offset through the dense point and a measured pruned model.
+    def calibrate(self, kept: Sequence[int], measured_ms: float,
+                  reference: Optional[tuple[Sequence[int], float]] = None) -> bool:
+        """Fit predicted = scale x table + offset through two measured points: a pruned model (`kept`,
+        `measured_ms`) and `reference` (another measured plan's (kept, ms); default: the dense model).
 
         The first prediction scales every op with the convs; ops outside the table (SegNet's unpooling,
         resizes, layout reorders) shrink less, so an aggressive plan measures slower than predicted.
-        Returns False (model unchanged) when the measurement gives no usable slope."""
-        t_dense, t_slim = self.dense_table_ms, self.table_ms(kept)
-        m_dense = self.table.dense_model_ms
-        if t_dense - t_slim <= 1e-9 * t_dense or m_dense - measured_ms <= 0:
+        Returns False (model unchanged) when the two points give no usable (positive) slope."""
+        t_ref, m_ref = (self.dense_table_ms, self.table.dense_model_ms) if reference is None else (
+            self.table_ms(reference[0]), reference[1])
+        t_slim = self.table_ms(kept)
+        if abs(t_ref - t_slim) <= 1e-9 * self.dense_table_ms or (m_ref - measured_ms) / (t_ref - t_slim) <= 0:
             return False
-        self.scale = (m_dense - measured_ms) / (t_dense - t_slim)
-        self.offset = m_dense - self.scale * t_dense
+        self.scale = (m_ref - measured_ms) / (t_ref - t_slim)
+        self.offset = m_ref - self.scale * t_ref
         return True
 
     def per_channel_gain(self) -> list[float]:

@@ -176,6 +176,7 @@ def calibrated_latency_selection(model: nn.Module, graph, selection, reselect, l
 
     steps = record.setdefault("calibration", [])
     dense_ms = latency_model.table.dense_model_ms
+    tried: list[tuple[float, object]] = []  # (measured ms, selection)
     for step in range(LATENCY_CALIBRATION_STEPS):
         trial = copy.deepcopy(model)
         trial_slim, _, _ = prune_model(build_pruning_graph(trial, graph.input_size), selection.removed, verify=False)
@@ -186,12 +187,24 @@ def calibrated_latency_selection(model: nn.Module, graph, selection, reselect, l
         print(f"[select] latency plan {step + 1}: predicted {selection.cost_after:.4f} ms, measured {ratio:.3f} x "
               f"dense = {measured:.4f} ms (budget {budget.value:g} ms; now {plan_now:.3f} vs dense {dense_now:.3f} ms)",
               flush=True)
+        tried.append((measured, selection))
         if abs(measured - budget.value) <= LATENCY_TOLERANCE * budget.value or step + 1 == LATENCY_CALIBRATION_STEPS:
             break
-        if not latency_model.calibrate(selection.kept, measured):
+        # secant: through the last two measured plans once there are two (closer to the budget than dense)
+        previous = (tried[-2][1].kept, tried[-2][0]) if len(tried) > 1 else None
+        if not (latency_model.calibrate(selection.kept, measured, previous)
+                or (previous is not None and latency_model.calibrate(selection.kept, measured))):
             break
-        selection = reselect()
-    return selection
+        try:
+            selection = reselect()
+        except ToolchainError as err:
+            raise ToolchainError(f"{err} (after timing {len(tried)} plan(s) against the dense model: "
+                                 + ", ".join(f"{m:.3g} ms" for m, _ in tried) + ")") from None
+    # the measured plan closest to the budget from below (within the tolerance); else the fastest one
+    fits = [t for t in tried if t[0] <= budget.value * (1 + LATENCY_TOLERANCE)]
+    measured, chosen = max(fits, key=lambda t: t[0]) if fits else min(tried, key=lambda t: t[0])
+    record["calibration_chosen"] = next(i for i, t in enumerate(tried) if t[1] is chosen)
+    return chosen
 
 
 def prune_run_dir(cfg, method: str, budget: Budget, out: Optional[str | Path] = None) -> Path:
