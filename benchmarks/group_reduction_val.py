@@ -45,7 +45,71 @@ def _group_losses(select_record: dict) -> dict:
     return out
 
 
+def combine(paths: list[str], tag: str, out: str, command: str) -> int:
+    """Several single-seed results (same config and budget, e.g. train.seed / prune.seed 0, 1, 2) -> one table
+    with every seed's rows and mean +- std per reduction; the choice is the best mean val."""
+    import statistics
+
+    from toolchain.errors import ToolchainError
+    from toolchain.utils.io import atomic_write_text, write_json
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({(r["config"], r["budget"], r["method"]) for r in runs}) != 1:
+        raise ToolchainError("--combine needs results of one config, method and budget")
+    higher = runs[0]["metric"] != "mae"
+    per: dict[str, list[dict]] = {}
+    for run in runs:
+        for row in run["rows"]:
+            per.setdefault(row["group_reduction"], []).append({**row, "overrides": run["overrides"]})
+    summary = []
+    for reduction, rows in per.items():
+        vals, tests = [r["val"] for r in rows], [r["test"] for r in rows]
+        multi = [r["groups"]["multi_bn"]["removed"] for r in rows]
+        summary.append({"group_reduction": reduction, "n": len(rows), "val_mean": statistics.mean(vals),
+                        "val_std": statistics.stdev(vals) if len(vals) > 1 else None,
+                        "test_mean": statistics.mean(tests), "test_std": statistics.stdev(tests) if len(tests) > 1 else None,
+                        "multi_bn_removed": multi, "multi_bn_channels": rows[0]["groups"]["multi_bn"]["channels"]})
+    best = (max if higher else min)(summary, key=lambda r: r["val_mean"])
+    metric = runs[0]["metric"]
+    result = {"command": command, "combined": [r["command"] for r in runs], "budget": runs[0]["budget"],
+              "method": runs[0]["method"], "metric": metric, "summary": summary, "runs": runs,
+              "chosen_on_val": best["group_reduction"]}
+    base = Path(out) / f"group_reduction_{tag}"
+    write_json(base.with_suffix(".json"), result)
+    sd = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"# prune.group_reduction on val: {tag}, {runs[0]['method']} {runs[0]['budget']}, {len(runs)} seeds", "",
+             f"Chosen on mean val: **{best['group_reduction']}**.", "",
+             f"| group_reduction | seeds | val {metric} mean +- std | test {metric} mean +- std | "
+             "multi-BN channels removed per seed |", "| --- | ---: | ---: | ---: | --- |"]
+    for r in summary:
+        lines.append(f"| {r['group_reduction']} | {r['n']} | {r['val_mean']:.2f} +- {sd(r['val_std'])} | "
+                     f"{r['test_mean']:.2f} +- {sd(r['test_std'])} | "
+                     + ", ".join(f"{m}/{r['multi_bn_channels']}" for m in r["multi_bn_removed"]) + " |")
+    lines += ["", "Per seed:", "", f"| seed overrides | group_reduction | val {metric} | test {metric} | "
+              "val after slim | multi-BN removed | single-BN removed |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for run in runs:
+        for row in run["rows"]:
+            g = row["groups"]
+            lines.append(f"| {' '.join(run['overrides'])} | {row['group_reduction']} | {row['val']:.2f} | "
+                         f"{row['test']:.2f} | {row['val_after_slim']:.2f} | "
+                         f"{g['multi_bn']['removed']}/{g['multi_bn']['channels']} | "
+                         f"{g['single_bn']['removed']}/{g['single_bn']['channels']} |")
+    lines += ["", "Commands (one per seed):", ""] + [f"    {r['command']}" for r in runs]
+    lines += ["", f"Combined with: `{command}`", f"Machine: {runs[0]['machine']}; commit {runs[0]['git_commit']}.", ""]
+    atomic_write_text(base.with_suffix(".md"), "\n".join(lines))
+    print("\n".join(lines), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
+    if argv is None and "--combine" in sys.argv[1:] or argv and "--combine" in argv:
+        c = argparse.ArgumentParser(description="combine single-seed group_reduction results")
+        c.add_argument("--combine", nargs="+", required=True, metavar="RESULT.json")
+        c.add_argument("--tag", required=True)
+        c.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+        a = c.parse_args(argv)
+        command = "python benchmarks/group_reduction_val.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+        return combine(a.combine, a.tag, a.out, command)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
     p.add_argument("--profile")

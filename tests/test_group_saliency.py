@@ -109,3 +109,31 @@ def test_mobilenet_residual_and_depthwise_groups_lose_channels():
     # the raw sum spares the residual chains and empties the single-BN groups (head, last projection) instead
     assert _removed_fraction(graph, legacy.kept, residual) < 0.5 * _removed_fraction(graph, fair.kept, residual)
     assert _removed_fraction(graph, legacy.kept, single) > _removed_fraction(graph, fair.kept, single)
+
+
+def test_group_reduction_benchmark_combines_seeds_and_chooses_on_mean_val(tmp_path):
+    import json
+
+    from conftest import load_benchmark
+
+    bench = load_benchmark("group_reduction_val")
+
+    def result(seed, mean_val, max_val):
+        groups = {"multi_bn": {"removed": seed, "channels": 56, "groups": 3, "groups_untouched": 2},
+                  "single_bn": {"removed": 240, "channels": 504}}
+        rows = [{"group_reduction": r, "val": v, "test": v + 1, "val_after_slim": v - 2, "groups": groups}
+                for r, v in (("mean", mean_val), ("max", max_val))]
+        path = tmp_path / f"s{seed}.json"
+        path.write_text(json.dumps({"config": "c.yaml", "budget": "params=0.5", "method": "acsl", "metric": "top1",
+                                    "rows": rows, "overrides": [f"train.seed={seed}"], "command": f"cmd {seed}",
+                                    "machine": "m", "git_commit": "g"}))
+        return str(path)
+
+    paths = [result(0, 57.0, 58.0), result(1, 59.0, 57.0), result(2, 60.0, 58.5)]
+    assert bench.main(["--combine", *paths, "--tag", "t", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "group_reduction_t.json").read_text())
+    assert out["chosen_on_val"] == "mean"  # 58.67 mean val vs 57.83, though max won seed 0
+    mean = next(r for r in out["summary"] if r["group_reduction"] == "mean")
+    assert mean["n"] == 3 and mean["val_mean"] == pytest.approx(58.6667, abs=1e-3) and mean["multi_bn_removed"] == [0, 1, 2]
+    md = (tmp_path / "group_reduction_t.md").read_text()
+    assert "| mean | 3 | 58.67 +- 1.53 |" in md and "cmd 2" in md
