@@ -295,7 +295,8 @@ def build_report(cfg, target, done: dict[str, StageRecord], onnx: dict[str, Path
         report["notes"].append(
             f"{COMPARED}: the same {done['prune'].summary['method']} prune with the latency budget {lv['budget']} "
             f"({lv['budget_source']}); predicted {_ms(lv['predicted_ms'])} ms, measured {_ms(lv['measured_ms'])} ms "
-            f"(ONNX Runtime CPU, {lv['threads']} thread(s), while pruning). It is built and profiled here for "
+            f"(ONNX Runtime CPU, {lv['threads']} thread(s), while pruning, timed against dense in the latency "
+            f"table's ms). It is built and profiled here for "
             f"comparison and not shipped: to ship it, set prune.budget: {lv['budget']} and deploy again.")
     return report
 

@@ -94,8 +94,8 @@ def _latency_variant_lines(report: dict) -> list[str]:
             f"slim plan (prune.budget) measured {ms(lv.get('slim_plan_measured_ms'))}, predicted "
             f"{ms(lv.get('slim_plan_predicted_ms'))}; slim_latency predicted "
             f"{ms(lv.get('predicted_ms'))}, measured {ms(lv.get('measured_ms'))} while pruning "
-            f"(ONNX Runtime CPU, {lv.get('threads')} thread(s)); dense predicted {ms(lv.get('dense_predicted_ms'))}, "
-            f"measured {ms(lv.get('dense_measured_ms'))}",
+            f"(ONNX Runtime CPU, {lv.get('threads')} thread(s), timed against dense and given in the latency table's "
+            f"ms; dense {ms(lv.get('dense_measured_ms'))} when the table was measured)",
             "plan measurements (predicted -> measured, refitting the table after each): " + ", ".join(
                 f"{ms(c['predicted_ms'])} -> {ms(c['measured_ms'])}" for c in lv.get("calibration") or []),
             "compared here, not shipped in the bundle: set prune.budget to the budget above to ship it"]
