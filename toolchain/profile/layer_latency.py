@@ -281,7 +281,7 @@ def model_ms(model: nn.Module, input_size: tuple[int, int], *, threads: Optional
 
 
 def relative_ms(reference: nn.Module, model: nn.Module, input_size: tuple[int, int], *, threads: Optional[int] = 1,
-                rounds: int = 5, runs: int = 10) -> tuple[float, float, float]:
+                rounds: int = 7, runs: int = 15) -> tuple[float, float, float]:
     """(median of per-round ms ratios model / reference, model ms, reference ms): the two timed in alternating
     rounds, so load from other processes slows both alike and the ratio stays meaningful on a busy host."""
     shape = (1, 3, *input_size)
