@@ -167,9 +167,11 @@ def calibrated_latency_selection(model: nn.Module, graph, selection, reselect, l
     """A latency plan checked against the clock: slim a copy of `model` to the selection and time it against
     the dense model in alternating rounds (ONNX Runtime, the table's threads); its latency is that ratio x the
     table's dense ms, so a busy host slows both alike. While it misses the budget by more than
-    LATENCY_TOLERANCE, refit the prediction through the dense point and this measurement
-    (`LatencyModel.calibrate`) and select again (at most LATENCY_CALIBRATION_STEPS measurements;
-    NetAdapt-style measured feedback). Each step is recorded in record["calibration"]."""
+    LATENCY_TOLERANCE, refit the prediction (`LatencyModel.calibrate`: through the dense point and this
+    measurement, then through the last two measured plans, a secant) and select again (at most
+    LATENCY_CALIBRATION_STEPS measurements; NetAdapt-style measured feedback). Keeps the measured plan nearest
+    the budget from below. Each step is recorded in record["calibration"], the kept one in
+    record["calibration_chosen"]."""
     from toolchain.profile.layer_latency import relative_ms
     from toolchain.prune.groups import build_pruning_graph
     from toolchain.prune.surgery import prune_model
