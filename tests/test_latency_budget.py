@@ -77,18 +77,23 @@ def test_table_prediction_selection_and_cache(tmp_path):
         build_latency_table(graph, load_target("jetson-orin-nx-16gb"), cache_dir=tmp_path)
 
 
+def _fake_clock_setup(tmp_path):
+    """A MobileNetV2-LRASPP graph with a fake-timed table whose dense model takes 2 ms."""
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_lraspp", 3, width=0.25)
+    graph = build_pruning_graph(model, (32, 32))
+    table = build_latency_table(graph, load_target("cpu"), cache_dir=tmp_path, points=3, measure=fake_ms,
+                                dense_ms=lambda m: 2.0, log=None)
+    return model, graph, table, LatencyModel(graph, table)
+
+
 def test_measured_feedback_recalibrates_a_latency_plan_until_it_meets_the_budget(tmp_path, monkeypatch):
     """Ops outside the table (a fixed 1 ms here) make the first plan miss the budget; measuring it and
     refitting scale + offset through dense and that point selects a plan whose measurement meets it."""
     import toolchain.profile.layer_latency as ll
     from toolchain.prune.pipeline import calibrated_latency_selection
 
-    torch.manual_seed(0)
-    model = create_model("mobilenetv2_lraspp", 3, width=0.25)
-    graph = build_pruning_graph(model, (32, 32))
-    table = build_latency_table(graph, load_target("cpu"), cache_dir=tmp_path, points=3, measure=fake_ms,
-                                dense_ms=lambda m: 2.0, log=None)
-    latency = LatencyModel(graph, table)
+    model, graph, table, latency = _fake_clock_setup(tmp_path)
     conv_share = 1.0 / latency.dense_table_ms  # "the clock": convs take 1 ms of the dense 2 ms, 1 ms is fixed
 
     def clock(slim, size, threads=1, runs=20):
@@ -294,12 +299,7 @@ def test_after_the_last_measurement_the_plan_closest_under_the_budget_is_kept(tm
     import toolchain.profile.layer_latency as ll
     from toolchain.prune.pipeline import calibrated_latency_selection
 
-    torch.manual_seed(0)
-    model = create_model("mobilenetv2_lraspp", 3, width=0.25)
-    graph = build_pruning_graph(model, (32, 32))
-    table = build_latency_table(graph, load_target("cpu"), cache_dir=tmp_path, points=3, measure=fake_ms,
-                                dense_ms=lambda m: 2.0, log=None)
-    latency = LatencyModel(graph, table)
+    model, graph, table, latency = _fake_clock_setup(tmp_path)
     script = iter(ratios)
     monkeypatch.setattr(ll, "relative_ms", lambda *a, **k: (next(script), 1.0, 1.0))
     budget = parse_budget("latency=1.6ms")  # 0.8 x dense

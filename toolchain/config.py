@@ -144,7 +144,7 @@ class DeployConfig(_Strict):
     latency_variant: Optional[str] = Field(
         None, description="also prune the dense model to a latency budget on this target and profile it next to "
         "slim (variant 'slim_latency': report table, realisation, Pareto plot; compared, not shipped): 'match' = "
-        "the predicted latency of the prune.budget plan, or latency=Tms. Needs an onnxruntime target")
+        "the measured latency of the prune.budget slim model, or latency=Tms. Needs an onnxruntime target")
 
     @field_validator("latency_variant")
     @classmethod

@@ -152,7 +152,7 @@ def select_and_slim(cfg, model: nn.Module, method: Method, budget: Budget) -> tu
     }
     t1 = time.time()
     slim, plan, error = prune_model(graph, selection.removed, verify=True)
-    latency_report(latency, selection, slim, cfg.data.input_size)
+    latency_report(latency, selection)
     slim_record = {"stage": "slim", "removed_per_layer": removed_per_layer(plan), "equivalence_rel_error": error,
                    "wall_s": round(time.time() - t1, 2)}
     return slim, plan, select_record, slim_record
