@@ -137,10 +137,22 @@ def dense_entry(cfg, checkpoint: Path) -> dict:
     from toolchain.prune.pipeline import _val
     from toolchain.train.checkpoint import load_model
 
+    from toolchain.train.metrics import primary_metric
+    from toolchain.train.plateau import plateau_check
+
     model, _ = load_model(checkpoint, cfg)
     summary = model_summary(model, tuple(cfg.data.input_size))
-    return {"params": summary["params"], "macs": summary["macs"], "metric": _val(model, cfg, "test"),
-            "metric_val": _val(model, cfg, "val"), "checkpoint": str(checkpoint)}
+    entry = {"params": summary["params"], "macs": summary["macs"], "metric": _val(model, cfg, "test"),
+             "metric_val": _val(model, cfg, "val"), "checkpoint": str(checkpoint)}
+    history = Path(checkpoint).parent / "dense_history.json"  # the plateau evidence of the protocol, when on record
+    if history.is_file():
+        epochs = read_json(history).get("history") or []
+        entry["epochs"] = len(epochs)
+        try:
+            entry["plateau"] = plateau_check(epochs, primary_metric(cfg.task)[0], primary_metric(cfg.task)[1])
+        except (ValueError, KeyError, TypeError):
+            entry["plateau"] = None
+    return entry
 
 
 def prune_entry(cfg, checkpoint: Path, method: str, budget: str, modelopt_divisor: int | None = None) -> dict:
@@ -382,7 +394,7 @@ def _std(values) -> float | None:
 
 def method_stats(result: dict) -> dict[tuple, dict[str, dict]]:
     """(budget kind, value) -> method -> n seeds, mean / std of the test metric and the means of params / MACs
-    removed, val after slimming and latency realisation, over the method's successful runs at that budget."""
+    removed, val after sparsity and right after slimming, the lambdas used and latency realisation, over the method's successful runs at that budget."""
     dense = result["dense"]
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for run in result["runs"]:
@@ -398,7 +410,9 @@ def method_stats(result: dict) -> dict[tuple, dict[str, dict]]:
                 "std": _std(metrics),
                 "params_removed": _mean([1 - r["params"] / dense["params"] for r in runs]),
                 "macs_removed": _mean([1 - r["macs"] / dense["macs"] for r in runs]),
+                "val_after_sparsity": _mean([r.get("val_after_sparsity") for r in runs]),
                 "val_after_slim": _mean([r.get("val_after_slim") for r in runs]),
+                "lams": sorted({r["lam"] for r in runs if r.get("lam") is not None}),
                 "realisation": _mean([r.get("realisation") for r in runs])}
     return stats
 
@@ -457,13 +471,17 @@ def summary_lines(result: dict) -> list[str]:
     lines = ["## Summary over seeds", "",
              f"Mean ± sample std (ddof=1; n/a for one seed) of test {name} over the seeds of each method and budget.",
              "",
-             "| method | budget | seeds | test mean ± std | params removed | MACs removed | val after slim (mean) "
-             "| realisation (mean) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"lambda: prune.sparsity.lam of the method's runs. val after sparsity / after slim: the val {name} before "
+             "and right after slimming (before recovery); a method that learned structured sparsity loses little there.",
+             "",
+             "| method | budget | seeds | lambda | test mean ± std | params removed | MACs removed "
+             "| val after sparsity (mean) | val after slim (mean) | realisation (mean) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (kind, value), by_method in method_stats(result).items():
         for method, st in by_method.items():
-            lines.append(f"| {method} | {kind}={value:g} | {st['n']} | {_pm(st['mean'], st['std'])} | "
-                         f"{_pct(st['params_removed'])} | {_pct(st['macs_removed'])} | "
+            lines.append(f"| {method} | {kind}={value:g} | {st['n']} | {', '.join(f'{v:g}' for v in st['lams'])} | "
+                         f"{_pm(st['mean'], st['std'])} | {_pct(st['params_removed'])} | {_pct(st['macs_removed'])} | "
+                         f"{'' if st['val_after_sparsity'] is None else _fmt(st['val_after_sparsity'])} | "
                          f"{'' if st['val_after_slim'] is None else _fmt(st['val_after_slim'])} | "
                          f"{_num(st['realisation'], '.2f')} |")
     verdicts = result.get("summary")
@@ -489,6 +507,12 @@ def write_table(result: dict, path: Path) -> None:
     lines = [f"# Compression: {result['dataset']} / {result['model']} ({result['profile'] or 'base'} profile)", "",
              f"Metric: test {name} ({'higher' if result['higher_is_better'] else 'lower'} is better). "
              f"Dense: {dense['params']:,} params, {dense['macs']:,} MACs, {name} {_fmt(dense['metric'])}.", ""]
+    plateau = dense.get("plateau")
+    if plateau:
+        lines += [f"Dense training: {dense['epochs']} epochs; its last {plateau['epochs'] - plateau['window_start_epoch'] + 1} "
+                  f"epochs gained {plateau['gain']:+.3f} best val {name} (plateau rule < {plateau['tol']}: "
+                  f"{'met' if plateau['plateau'] else 'not met'}; val std in that window {_fmt(plateau['window_val_std'])}). "
+                  "Scratch references train for dense + sparsity + recovery epochs (train_epochs per run).", ""]
     if lat:
         lines += [f"Latency: ONNX Runtime CPU, batch 1, {lat['threads']} thread(s), median over {lat['rounds']} "
                   f"interleaved rounds (dense and every model in turn) of the median of {lat['runs']} runs; dense "
@@ -605,7 +629,14 @@ def main(argv=None) -> int:
             raise ToolchainError(f"{json_path} holds another experiment (profile {result.get('profile')}); "
                                  "move it away or pass --results DIR")
         if args.merge:
-            merge_results(result, read_json(args.merge), args.merge)
+            if not Path(args.merge).is_file():
+                raise ToolchainError(f"--merge {args.merge}: no such file")
+            other = read_json(args.merge)
+            if result:
+                merge_results(result, other, args.merge)
+            else:  # the first of several parallel runs' files: it becomes the table
+                result = other
+                print(f"[compression] started {json_path} from {args.merge} ({len(other.get('runs', []))} runs)")
             write_json(json_path, result)
         latency = dict(threads=args.latency_threads, rounds=args.latency_rounds, runs=args.latency_runs)
         if args.report_only or args.merge:

@@ -1,10 +1,17 @@
 """Dense reference baselines: train a config's model and commit its numbers and curve.
 
     python benchmarks/dense.py configs/camvid_segnet.yaml --profile quick
+    python benchmarks/dense.py configs/shb_csrnet.yaml --profile quick --set train.epochs=60 --label plateau
+    python benchmarks/dense.py --redraw   # recompute the plateau checks, redraw curves and table
 
 Trains with `acsl train` (resumable: rerun the same command after an interruption), then writes
-benchmarks/results/dense_<dataset>_<model>.json, a training-curve PNG beside it, and regenerates the
-table in benchmarks/results/README.md from every dense_*.json there.
+benchmarks/results/dense_<dataset>_<model>[_<label>].json, a training-curve PNG beside it, and regenerates
+the table in benchmarks/results/README.md from every dense_*.json there.
+
+Every result carries the plateau check of the comparison protocol (issue 12): the val gain of the last
+PLATEAU_FRACTION of the epochs, i.e. best val over the whole run minus best val over the epochs before that
+window (in the metric's own unit, positive = better). The run is at a plateau when that gain is below
+PLATEAU_TOL. The curve PNG shades the window and states the verdict.
 """
 from __future__ import annotations
 
@@ -18,19 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from toolchain.cli import main as acsl  # noqa: E402
-from toolchain.config import load_config  # noqa: E402
+from toolchain.config import load_config, parse_dotted_overrides  # noqa: E402
+from toolchain.train.plateau import PLATEAU_FRACTION, PLATEAU_TOL, plateau_check  # noqa: E402,F401
 from toolchain.utils.io import read_json, write_json  # noqa: E402
 from toolchain.utils.provenance import git_commit, machine  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-
-
 def dataset_name(cfg) -> str:
     root = cfg.data_root()
     return root.name if root else "synthetic"
 
 
-def plot_curve(history: list, metric: str, title: str, path: Path) -> None:
+def plot_curve(history: list, metric: str, title: str, path: Path, plateau: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,9 +54,17 @@ def plot_curve(history: list, metric: str, title: str, path: Path) -> None:
     ax2 = ax.twinx()
     ax2.plot([h["epoch"] for h in history], losses, color="tab:gray", alpha=0.6, label="train loss")
     ax2.set_ylabel("train loss")
-    ax.set_title(title)
+    if plateau:
+        ax.axvspan(plateau["window_start_epoch"] - 0.5, plateau["epochs"] + 0.5, color="tab:orange", alpha=0.12,
+                   label=f"last {PLATEAU_FRACTION:.0%}")
+        verdict = "plateau" if plateau["plateau"] else "not at a plateau"
+        title += f"\nlast {PLATEAU_FRACTION:.0%} gained {plateau['gain']:.2f} (< {plateau['tol']}: {verdict})"
+    fig.suptitle(title, fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    handles2, labels2 = ax2.get_legend_handles_labels()
+    ax.legend(handles + handles2, labels + labels2, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, fontsize=8,
+              frameon=False)
     ax.grid(alpha=0.3)
-    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.9), ncol=2, fontsize=8)
     save_png(fig, path, dpi=110)
 
 
@@ -58,14 +72,21 @@ def write_table() -> None:
     rows = []
     for f in sorted(RESULTS.glob("dense_*.json")):
         r = read_json(f)
+        p = plateau_check(r["history"], r["metric"], r["higher_is_better"])
+        verdict = f"{p['gain']:+.2f} ({'yes' if p['plateau'] else 'no'}; val std {p['window_val_std']:.2f})"
         rows.append(f"| {r['dataset']} | {r['model']} (width {r['width']}) | {r['input_size'][0]}x{r['input_size'][1]} | "
                     f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['metric']} | {r['val']:.2f} | {r['test']:.2f} | "
-                    f"{r['epochs']} | {r['train_images_per_s']:.1f} | {r['wall_s'] / 60:.1f} | [curve]({f.stem}.png) |")
+                    f"{r['epochs']} | {verdict} | {r['train_images_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
+                    f"[curve]({f.stem}.png) |")
     header = ["# Dense reference baselines", "",
               "Trained from scratch with the quick profile (sized for 2 CPU cores). Each row's JSON holds the exact",
               "command that reproduces it, the machine and the git commit. Metrics: mIoU / top-1 in percent, MAE in heads.",
-              "", "| dataset | model | input | params (M) | GMACs | metric | val | test | epochs | train img/s | wall (min) | curve |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              f"Plateau: the best val gain of the last {PLATEAU_FRACTION:.0%} of the epochs (positive = better, in the metric's",
+              f"unit), and whether it is below {PLATEAU_TOL} (the comparison protocol's rule, docs/SPARSITY.md); val std: the",
+              "epoch-to-epoch spread of the val metric inside that window, for scale.",
+              "", "| dataset | model | input | params (M) | GMACs | metric | val | test | epochs | last-20% gain (plateau) | "
+              "train img/s | wall (min) | curve |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     text = "\n".join(header + rows) + "\n"
     readme = RESULTS / "README.md"
     other = ""
@@ -81,13 +102,32 @@ def write_table() -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
+    parser.add_argument("config", nargs="?", help="experiment YAML (not needed with --redraw)")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--data")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override passed to acsl train, e.g. train.epochs=60 (repeatable)")
+    parser.add_argument("--label", help="suffix of the result name and run folder, e.g. plateau")
+    parser.add_argument("--redraw", action="store_true",
+                        help="train nothing: recompute the plateau check of every dense_*.json, redraw curves and table")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, profile=args.profile)
-    run_dir = REPO / "benchmarks" / ".runs" / f"{cfg.name}_{args.profile}"
+    if args.redraw:
+        for f in sorted(RESULTS.glob("dense_*.json")):
+            r = read_json(f)
+            r["plateau"] = plateau_check(r["history"], r["metric"], r["higher_is_better"])
+            write_json(f, r)
+            plot_curve(r["history"], r["metric"], f"{r['dataset']} {r['model']} (width {r['width']}, {r['epochs']} epochs)",
+                       f.with_suffix(".png"), r["plateau"])
+        write_table()
+        return 0
+    if not args.config:
+        parser.error("give a config (e.g. configs/camvid_segnet.yaml), or --redraw")
+    cfg = load_config(args.config, profile=args.profile, overrides=parse_dotted_overrides(args.overrides))
+    suffix = f"_{args.label}" if args.label else ""
+    run_dir = REPO / "benchmarks" / ".runs" / f"{cfg.name}_{args.profile}{suffix}"
     train_args = ["train", args.config, "--profile", args.profile, "--out", str(run_dir)]
+    for item in args.overrides:
+        train_args += ["--set", item]
     if args.data:
         train_args += ["--data", args.data]
     if (run_dir / "dense_last.pt").is_file():
@@ -97,26 +137,29 @@ def main(argv=None) -> int:
         return code
     rec = read_json(run_dir / "train_record.json")
     hist = read_json(run_dir / "dense_history.json")
-    name = f"dense_{dataset_name(cfg)}_{cfg.model.name}"
+    name = f"dense_{dataset_name(cfg)}_{cfg.model.name}{suffix}"
+    higher = rec["metric"] != "mae"
     command = "python benchmarks/dense.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {
         "dataset": dataset_name(cfg), "model": cfg.model.name, "width": cfg.model.width, "profile": args.profile,
         "input_size": rec["input_size"], "params": rec["params"], "macs": rec["macs"], "metric": rec["metric"],
-        "higher_is_better": rec["metric"] != "mae", "val": rec["val"], "test": rec["test"][rec["metric"]],
+        "higher_is_better": higher, "val": rec["val"], "test": rec["test"][rec["metric"]],
         "test_all": rec["test"], "best_epoch": rec["best_epoch"], "epochs": rec["epochs"],
         # summed over every epoch of the history, so a run resumed after an interruption reports its whole cost
         "train_images_per_s": round(sum(h["images_per_s"] for h in hist["history"]) / len(hist["history"]), 2),
         "wall_s": round(sum(h["epoch_s"] for h in hist["history"]), 1),
         "wall_s_note": "sum of the training epochs' wall time (evaluation excluded); 2 CPU cores shared with other jobs",
         "machine": machine(),
-        "command": command, "git_commit": git_commit(), "history": hist["history"],
+        "command": command, "git_commit": git_commit(), "checkpoint": str((run_dir / "dense_best.pt").relative_to(REPO)),
+        "plateau": plateau_check(hist["history"], rec["metric"], higher), "history": hist["history"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{name}.json", result)
-    plot_curve(hist["history"], rec["metric"], f"{result['dataset']} {result['model']} (width {result['width']})",
-               RESULTS / f"{name}.png")
+    plot_curve(hist["history"], rec["metric"],
+               f"{result['dataset']} {result['model']} (width {result['width']}, {result['epochs']} epochs)",
+               RESULTS / f"{name}.png", result["plateau"])
     write_table()
-    print(json.dumps({k: result[k] for k in ("dataset", "model", "metric", "val", "test", "wall_s")}))
+    print(json.dumps({k: result[k] for k in ("dataset", "model", "metric", "val", "test", "wall_s", "plateau")}))
     return 0
 
 

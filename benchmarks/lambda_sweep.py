@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--lams", default="1e-3,1e-2,1e-1", help="comma-separated lambda values")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--dataset", help="dataset label of the result file (default: first word of the config name)")
+    p.add_argument("--merge", metavar="OTHER.json", action="append", default=[],
+                   help="add the runs of another sweep of the same dense model and budget (e.g. one method per parallel "
+                        "process, each with its own --results), then redraw; runs already here are kept (repeatable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p.parse_args(argv)
 
@@ -72,6 +75,24 @@ def one_run(cfg, checkpoint: Path, method: str, lam: float, budget: str) -> dict
             "gammas": gamma_stats(Path(sparsity["checkpoint"])) if sparsity.get("checkpoint") else None,
             "sparsity_epochs": record["sparsity_epochs"], "recover_epochs": record["recover_epochs"],
             "run_dir": str(out)}
+
+
+def merge_sweeps(result: dict, other: dict, other_path: str) -> int:
+    """Add `other`'s successful (method, lambda) runs that `result` lacks; both must sweep the same dense model,
+    budget and profile. Returns how many runs were added."""
+    same = ("model", "profile", "budget")
+    if any(other.get(k) != result.get(k) for k in same) or \
+            (other.get("dense") or {}).get("checkpoint") != (result.get("dense") or {}).get("checkpoint"):
+        raise ToolchainError(f"{other_path} is another sweep (model, profile, budget or dense checkpoint differ); "
+                             "only sweeps of the same dense model and budget can be merged")
+    have = {(r["method"], r["lam"]) for r in result["runs"] if not r.get("error")}
+    added = [r for r in other["runs"] if not r.get("error") and (r["method"], r["lam"]) not in have]
+    result["runs"] = [r for r in result["runs"] if not (r.get("error") and (r["method"], r["lam"])
+                                                         in {(a["method"], a["lam"]) for a in added})] + added
+    commands = result.setdefault("merged_commands", [])
+    if other.get("command") and other["command"] not in commands:
+        commands.append(other["command"])
+    return len(added)
 
 
 def chosen(result: dict) -> dict:
@@ -179,9 +200,20 @@ def main(argv=None) -> int:
                       "dense": {"metric": _val(dense, cfg, "test"), "metric_val": _val(dense, cfg, "val"),
                                 "gammas": gamma_stats(checkpoint), "checkpoint": str(checkpoint)},
                       "runs": []}
-        result.update({"machine": machine(), "git_commit": git_commit(),
-                       "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/lambda_sweep.py"]
-                                           + list(sys.argv[1:] if argv is None else argv))})
+        command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/lambda_sweep.py"]
+                           + list(sys.argv[1:] if argv is None else argv))
+        if args.merge:  # keep this sweep's own command; the merged ones are listed in merged_commands
+            result.setdefault("command", command)
+            result.setdefault("machine", machine())
+            result.setdefault("git_commit", git_commit())
+            for other_path in args.merge:
+                if not Path(other_path).is_file():
+                    raise ToolchainError(f"--merge {other_path}: no such file")
+                added = merge_sweeps(result, read_json(Path(other_path)), other_path)
+                print(f"[lambda_sweep] merged {added} runs from {other_path}")
+            lams, methods = [], []  # merging only: run nothing new
+        else:
+            result.update({"machine": machine(), "git_commit": git_commit(), "command": command})
         for lam in lams:
             for method in methods:
                 if any(r["method"] == method and r["lam"] == lam and not r.get("error") for r in result["runs"]):

@@ -73,7 +73,7 @@ def test_one_seed_makes_no_claim_and_std_is_na(tmp_path):
     assert stored["summary"] == bench.summarize(result) and stored["summary"][0]["verdict"] == "one seed: no claim"
     md = json_path.with_suffix(".md").read_text()
     assert md.index("## Summary over seeds") < md.index("## Per seed")
-    assert "| l1 | params=0.5 | 1 | 10.000 ± n/a |" in md and "| acsl | params=0.5 | 3 | 41.000 ± 1.000 |" in md
+    assert "| l1 | params=0.5 | 1 |  | 10.000 ± n/a |" in md and "| acsl | params=0.5 | 3 |  | 41.000 ± 1.000 |" in md
     assert "**one seed: no claim**" in md
 
 
@@ -173,3 +173,39 @@ def test_report_only_with_measure_latency_fills_the_table(tmp_path, capsys):
     assert bench.main(argv) == 2
     err = capsys.readouterr().err
     assert "needs the dense checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_summary_shows_each_methods_lambda_and_val_before_and_after_slimming(tmp_path):
+    runs = [_run("acsl", 40.0 + s, s, lam=3.5, val_after_sparsity=30.0 + s, val_after_slim=28.0 + s) for s in range(3)]
+    runs += [_run("cap", 39.0 + s, s, lam=7.0, val_after_sparsity=20.0, val_after_slim=10.0) for s in range(2)]
+    result = _result(runs)
+    st = bench.method_stats(result)[("params", 0.5)]
+    assert st["acsl"]["lams"] == [3.5] and st["cap"]["lams"] == [7.0]
+    assert st["acsl"]["val_after_sparsity"] == pytest.approx(31.0) and st["acsl"]["val_after_slim"] == pytest.approx(29.0)
+    json_path = tmp_path / "compression_syn_segnet.json"
+    bench.write_report(result, json_path)
+    md = json_path.with_suffix(".md").read_text()
+    assert "| acsl | params=0.5 | 3 | 3.5 | 41.000 ± 1.000 | 50.0% | 60.0% | 31.000 | 29.000 |" in md
+    assert "| cap | params=0.5 | 2 | 7 | 39.500 ± 0.707 | 50.0% | 60.0% | 20.000 | 10.000 |" in md
+
+
+def test_dense_entry_carries_the_plateau_evidence(tmp_path):
+    from toolchain.config import load_config
+    from toolchain.models import build_from_config
+    from toolchain.train.trainer import fit
+
+    raw = {"name": "tiny_seg", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
+           "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 8},
+           "train": {"epochs": 3, "batch_size": 4, "optimizer": "sgd", "lr": 0.05, "seed": 0, "threads": 1},
+           "out_dir": str(tmp_path / "runs")}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "tiny.yaml")
+    fit_result = fit(cfg, build_from_config(cfg), cfg.run_dir(), stage="dense")
+    entry = bench.dense_entry(cfg, fit_result.best_path)
+    assert entry["epochs"] == 3 and entry["plateau"]["window_start_epoch"] == 3
+    assert isinstance(entry["plateau"]["plateau"], bool)
+    result = _result([_run("acsl", 40.0, 0)])
+    result["dense"] = dict(result["dense"], epochs=3, plateau=entry["plateau"])
+    json_path = tmp_path / "compression_syn_segnet.json"
+    bench.write_report(result, json_path)
+    assert "Dense training: 3 epochs; its last 1 epochs gained" in json_path.with_suffix(".md").read_text()

@@ -50,6 +50,21 @@ def test_lambda_sweep_tiny(tmp_path, capsys):
     capsys.readouterr()
     assert sweep.main(argv) == 0                       # resumable: nothing runs again
     assert "[lambda_sweep] acsl" not in capsys.readouterr().out
+    # one method per parallel process, then merged into one table: cap's sweep joins, nothing reruns
+    other = ["--methods", "cap", "--lams", "1e-4", "--results", str(tmp_path / "other")]
+    assert sweep.main(argv[:3] + ["--budget", "params=0.5", "--dataset", "synthetic"] + other) == 0
+    capsys.readouterr()
+    other_json = tmp_path / "other" / "lambda_sweep_synthetic_segnet.json"
+    assert sweep.main(argv + ["--merge", str(other_json)]) == 0
+    assert "merged 1 runs" in capsys.readouterr().out
+    merged = json.loads(out.read_text())
+    assert {(r["method"], r["lam"]) for r in merged["runs"]} == set(runs) | {("cap", 1e-4)}
+    assert merged["chosen_on_val"] == best | {"cap": 1e-4} and merged["merged_commands"]
+    assert "| cap |" in out.with_suffix(".md").read_text()
+    wrong = json.loads(other_json.read_text()) | {"budget": "params=0.7"}
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    assert sweep.main(argv + ["--merge", str(tmp_path / "wrong.json")]) == 2
+    assert "another sweep" in capsys.readouterr().err
 
 
 def test_lambda_sweep_bad_input(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """Dense training: checkpoints, exact resume, Ctrl-C safety, checkpoint mismatch errors, DDP."""
+import json
 import os
 import subprocess
 import sys
@@ -100,10 +101,12 @@ def test_corrupt_checkpoint_is_one_line_error(tmp_path):
 
 def test_cli_train_and_eval(tiny_seg_config, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert acsl(["train", str(tiny_seg_config), "--out", str(out), "--set", "train.epochs=1"]) == 0
+    assert acsl(["train", str(tiny_seg_config), "--out", str(out), "--set", "train.epochs=2"]) == 0
     text = capsys.readouterr().out
     assert "built-in synthetic" in text and "checkpoint:" in text
-    assert (out / "train_record.json").is_file()
+    assert "plateau check: the last 1 epochs gained" in text   # the protocol's rule, printed and recorded
+    record = json.loads((out / "train_record.json").read_text())
+    assert record["plateau"]["epochs"] == 2 and isinstance(record["plateau"]["plateau"], bool)
     assert acsl(["eval", str(tiny_seg_config), "--checkpoint", str(out / "dense_best.pt"), "--split", "test"]) == 0
     assert "test: miou" in capsys.readouterr().out
     assert acsl(["train", str(tiny_seg_config), "--set", "train.epochz=1"]) == 2

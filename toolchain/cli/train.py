@@ -21,6 +21,9 @@ def run(args) -> int:
     from toolchain.train.checkpoint import load_model
     from toolchain.train.evaluate import evaluate
     from toolchain.train.dense import build_seeded_model, train_dense
+    from toolchain.train.metrics import primary_metric
+    from toolchain.train.plateau import describe as describe_plateau
+    from toolchain.train.plateau import plateau_check
     from toolchain.utils.io import write_json
     from toolchain.utils.provenance import git_commit, machine, versions
 
@@ -51,9 +54,15 @@ def run(args) -> int:
         "train_images_per_s": result.train_images_per_s, "wall_s": result.wall_s, "checkpoint": str(result.best_path),
         "machine": machine(), "versions": versions(), "git_commit": git_commit(),
     }
+    try:
+        record["plateau"] = plateau_check(result.history, result.metric_name, primary_metric(cfg.task)[1])
+    except ValueError:  # fewer than 2 evaluated epochs: nothing to judge
+        record["plateau"] = None
     write_json(run_dir / "train_record.json", record)
     test_s = f", test {result.metric_name} {test[result.metric_name]:.3f}" if test else ""
     print(f"best val {result.metric_name} {result.best_metric:.3f} at epoch {result.best_epoch}{test_s}")
+    if record["plateau"]:
+        print(describe_plateau(record["plateau"], result.metric_name))
     print(f"checkpoint: {result.best_path}")
     return 0
 

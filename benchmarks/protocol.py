@@ -1,0 +1,154 @@
+"""The comparison protocol of docs/SPARSITY.md, one experiment end to end:
+
+    python benchmarks/protocol.py shb              # ShanghaiTech B CSRNet
+    python benchmarks/protocol.py camvid --dry-run # print the commands only (e.g. to spread them over processes)
+
+1. dense: `benchmarks/dense.py --label plateau` with the experiment's epochs; its JSON carries the plateau check
+   (best val gain over the last 20% of the epochs < 0.3) and the curve PNG;
+2. lambda per method, on val: `benchmarks/lambda_sweep.py` at the middle budget, one process per method (each
+   with its own --results), merged into benchmarks/results/lambda_sweep_<label>_<model>.json;
+3. seeds: `benchmarks/compression.py` per method and seed at the method's chosen lambda, DepGraph at its own,
+   scratch-plan (ACSL's plan, random init) for dense + sparsity + recovery epochs, ModelOpt FastNAS on one seed;
+4. recovery: ACSL with distillation instead of fine-tuning at the most aggressive budget;
+5. merge: every run into benchmarks/results/compression_<label>_<model>.json (+ .md, .png) and the distillation
+   check into compression_<label>_distill_<model>.json.
+
+Every step is resumable (rerun the same command after an interruption: finished runs are kept). Run folders go
+under benchmarks/.runs/p12. Each step is a plain command; --dry-run prints them in order, and the ones of a step
+are independent of each other (run them in parallel with 1 thread each on a small machine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = "benchmarks/.runs/p12"
+RESULTS = "benchmarks/results"
+PY = "python"
+
+EXPERIMENTS = {
+    "shb": {"config": "configs/shb_csrnet.yaml", "model": "csrnet", "label": "shanghaitech_b_protocol",
+            "dataset": "shanghaitech_b", "epochs": 60, "budgets": ["params=0.5", "params=0.7", "params=0.9"],
+            "lams": "3.5,7,10,14"},
+    "camvid": {"config": "configs/camvid_segnet.yaml", "model": "segnet", "label": "camvid_protocol",
+               "dataset": "camvid", "epochs": 75, "budgets": ["params=0.5", "params=0.7", "params=0.85"],
+               "lams": "1.75,3.5,7"},
+}
+GAMMA_METHODS = ("acsl", "cap", "slimming")
+DEPGRAPH_LAMS = "1e-4,1e-3,1e-2"  # Torch-Pruning's group-norm regulariser strength (its default is 1e-4)
+SEEDS = (0, 1, 2)
+
+
+def paths(exp: dict) -> dict:
+    cfg_name = Path(exp["config"]).stem
+    label, model = exp["label"], exp["model"]
+    return {"dense": f"benchmarks/.runs/{cfg_name}_quick_plateau/dense_best.pt", "work": f"{RUNS}/{label}",
+            "sweep": lambda m: f"{RUNS}/{label}/sweep_{m}/lambda_sweep_{label}_{model}.json",
+            "sweep_all": f"{RESULTS}/lambda_sweep_{label}_{model}.json",
+            "runs": lambda name: f"{RUNS}/{label}/res_{name}/compression_{label}_{model}.json",
+            "distill": f"{RUNS}/{label}/res_distill/compression_{label}_distill_{model}.json"}
+
+
+def chosen_lambda(sweep_json: str | Path, method: str) -> float:
+    """The lambda the val split chose for `method` in a finished sweep."""
+    path = Path(sweep_json)
+    if not path.is_absolute():
+        path = REPO / path
+    if not path.is_file():
+        raise SystemExit(f"protocol: {sweep_json} not found; run the lambda sweep of {method} first")
+    chosen = json.loads(path.read_text()).get("chosen_on_val") or {}
+    if method not in chosen:
+        raise SystemExit(f"protocol: {sweep_json} chose no lambda for {method} (every run failed?)")
+    return float(chosen[method])
+
+
+def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
+    """(step name, commands) in order; `lam(sweep_json, method)` gives a method's chosen lambda (called lazily)."""
+    exp = EXPERIMENTS[name]
+    p = paths(exp)
+    base = ["--profile", "quick", "--set", f"out_dir={RUNS}", "--set", "train.threads=1",
+            "--set", f"train.epochs={exp['epochs']}"]
+    mid = exp["budgets"][len(exp["budgets"]) // 2]
+    out = [("dense", [[PY, "benchmarks/dense.py", exp["config"], "--profile", "quick", "--label", "plateau",
+                       "--set", f"train.epochs={exp['epochs']}"]])]
+    sweeps = []
+    for method in GAMMA_METHODS + ("depgraph",):
+        lams = DEPGRAPH_LAMS if method == "depgraph" else exp["lams"]
+        sweeps.append([PY, "benchmarks/lambda_sweep.py", exp["config"], *base, "--checkpoint", p["dense"],
+                       "--budget", mid, "--methods", method, "--lams", lams, "--dataset", exp["label"],
+                       "--results", str(Path(p["sweep"](method)).parent)])
+    out.append(("lambda per method", sweeps))
+
+    def comp(method, seeds, results, extra=(), budgets=None):
+        return [PY, "benchmarks/compression.py", exp["config"], *base, "--checkpoint", p["dense"],
+                "--budgets", ",".join(budgets or exp["budgets"]), "--methods", method, "--seeds", seeds,
+                "--modelopt-divisor", "4", "--dataset", exp["label"], "--results", results, *extra]
+
+    def lam_of(method):
+        return lambda: ["--set", f"prune.sparsity.lam={lam(p['sweep'](method), method):g}"]
+
+    seeds = []
+    for s in SEEDS:
+        for method in GAMMA_METHODS + ("depgraph",):
+            seeds.append((comp(method, str(s), str(Path(p["runs"](f"{method}_s{s}")).parent)), lam_of(method)))
+    out.append(("seeds", seeds))
+    out.append(("scratch-plan (needs ACSL's plans)",
+                [comp("scratch-plan", str(s), str(Path(p["runs"](f"scratch-plan_s{s}")).parent)) for s in SEEDS]))
+    out.append(("modelopt, one seed", [comp("modelopt-fastnas", "0", str(Path(p["runs"]("modelopt-fastnas_s0")).parent))]))
+    distill = comp("acsl", ",".join(map(str, SEEDS)), str(Path(p["distill"]).parent),
+                   ("--set", "prune.recover.method=distill"), budgets=[exp["budgets"][-1]])
+    distill[distill.index(f"out_dir={RUNS}")] = f"out_dir={RUNS}/kd"  # own run folders: the finetune ones are kept
+    distill[distill.index("--dataset") + 1] = f"{exp['label']}_distill"
+    out.append(("distillation vs fine-tuning", [(distill, lam_of("acsl"))]))
+    merge = []
+    sweep_files = [p["sweep"](m) for m in GAMMA_METHODS + ("depgraph",)]
+    merge.append([PY, "benchmarks/lambda_sweep.py", exp["config"], *base, "--checkpoint", p["dense"], "--budget", mid,
+                  "--dataset", exp["label"], "--results", RESULTS] + sum((["--merge", f] for f in sweep_files), []))
+    names = [f"{m}_s{s}" for s in SEEDS for m in GAMMA_METHODS + ("depgraph", "scratch-plan")] + ["modelopt-fastnas_s0"]
+    for n in names:
+        merge.append([PY, "benchmarks/compression.py", exp["config"], *base, "--dataset", exp["label"],
+                      "--results", RESULTS, "--merge", p["runs"](n)])
+    merge.append([PY, "benchmarks/compression.py", exp["config"], *base, "--dataset", f"{exp['label']}_distill",
+                  "--results", RESULTS, "--merge", p["distill"]])
+    out.append(("merge into benchmarks/results", merge))
+    return out
+
+
+def render(cmd) -> list[str]:
+    """A command with its lazily chosen lambda filled in (a (command, extra) pair) or as is."""
+    if isinstance(cmd, tuple):
+        base, extra = cmd
+        return base + extra()
+    return cmd
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = ap.parse_args(argv)
+    for title, commands in steps(args.experiment,
+                                 lam=(lambda f, m: float("nan")) if args.dry_run else chosen_lambda):
+        print(f"# {title}", flush=True)
+        for cmd in commands:
+            if args.dry_run:
+                line = " ".join(shlex.quote(a) for a in render(cmd))
+                print(line.replace("prune.sparsity.lam=nan", "prune.sparsity.lam=CHOSEN_ON_VAL"))
+                continue
+            cmd = [sys.executable if a == PY else a for a in render(cmd)]
+            print("$ " + " ".join(shlex.quote(a) for a in cmd), flush=True)
+            code = subprocess.call(cmd, cwd=REPO)
+            if code:
+                print(f"protocol: step '{title}' failed (exit {code}); fix it and rerun: finished runs are kept",
+                      file=sys.stderr)
+                return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""benchmarks/dense.py plateau rule of the comparison protocol: best val gain over the last 20% of the epochs < 0.3,
+in the metric's direction, shown in the curve PNG and the results table."""
+import pytest
+from conftest import load_benchmark
+
+dense = load_benchmark("dense")
+
+
+def _hist(values, metric="miou"):
+    return [{"epoch": i + 1, "loss": 1.0, "val": {metric: v}} for i, v in enumerate(values)]
+
+
+def test_still_rising_curve_is_not_a_plateau():
+    p = dense.plateau_check(_hist([10, 20, 30, 35, 38, 40, 41, 42, 43, 45]), "miou", True)
+    assert p["window_start_epoch"] == 9 and p["epochs"] == 10
+    assert p["best_before"] == 42 and p["best"] == 45
+    assert p["gain"] == pytest.approx(3.0) and not p["plateau"]
+
+
+def test_flat_tail_is_a_plateau_and_a_dip_counts_as_no_gain():
+    assert dense.plateau_check(_hist([10, 20, 30, 40, 41, 41.5, 41.6, 41.7, 41.8, 41.9]), "miou", True)["plateau"]
+    p = dense.plateau_check(_hist([10, 20, 30, 40, 41, 42, 42.5, 43, 41, 40]), "miou", True)
+    assert p["gain"] == 0 and p["plateau"]
+
+
+def test_lower_is_better_for_mae():
+    falling = dense.plateau_check(_hist([90, 60, 40, 30, 28, 27, 26.5, 26.2, 25.0, 24.0], "mae"), "mae", False)
+    assert falling["gain"] == pytest.approx(2.2) and not falling["plateau"]
+    flat = dense.plateau_check(_hist([90, 60, 40, 30, 28, 27, 26.5, 26.2, 26.1, 26.3], "mae"), "mae", False)
+    assert flat["gain"] == pytest.approx(0.1) and flat["plateau"]
+
+
+def test_window_is_at_least_one_epoch_and_needs_earlier_epochs():
+    assert dense.plateau_check(_hist([1, 2, 3]), "miou", True)["window_start_epoch"] == 3
+    with pytest.raises(ValueError, match="at least 2 epochs"):
+        dense.plateau_check(_hist([1]), "miou", True)
+
+
+def test_curve_png_shows_the_window(tmp_path):
+    hist = _hist([10, 20, 30, 35, 38, 40, 41, 42, 43, 45])
+    p = dense.plateau_check(hist, "miou", True)
+    dense.plot_curve(hist, "miou", "syn", tmp_path / "c.png", p)
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_redraw_recomputes_every_result(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(dense, "RESULTS", tmp_path)
+    hist = _hist([10, 20, 30, 35, 38, 40, 41, 42, 43, 45])
+    rec = {"dataset": "syn", "model": "segnet", "width": 0.25, "input_size": [32, 32], "params": 1000, "macs": 10**9,
+           "metric": "miou", "higher_is_better": True, "val": 45.0, "test": 40.0, "epochs": 10,
+           "train_images_per_s": 10.0, "wall_s": 60.0, "history": hist}
+    (tmp_path / "dense_syn_segnet.json").write_text(json.dumps(rec))
+    assert dense.main(["--redraw"]) == 0
+    stored = json.loads((tmp_path / "dense_syn_segnet.json").read_text())
+    assert stored["plateau"]["gain"] == pytest.approx(3.0) and stored["plateau"]["plateau"] is False
+    assert (tmp_path / "dense_syn_segnet.png").stat().st_size > 1000
+    assert "| +3.00 (no; val std 1.41) |" in (tmp_path / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        dense.main([])
