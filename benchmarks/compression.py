@@ -149,7 +149,7 @@ def dense_entry(cfg, checkpoint: Path) -> dict:
         epochs = read_json(history).get("history") or []
         entry["epochs"] = len(epochs)
         try:
-            entry["plateau"] = plateau_check(epochs, primary_metric(cfg.task)[0], primary_metric(cfg.task)[1])
+            entry["plateau"] = plateau_check(epochs, *primary_metric(cfg.task))
         except (ValueError, KeyError, TypeError):
             entry["plateau"] = None
     return entry

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from toolchain.cli import main as acsl  # noqa: E402
 from toolchain.config import load_config, parse_dotted_overrides  # noqa: E402
-from toolchain.train.plateau import PLATEAU_FRACTION, PLATEAU_TOL, plateau_check  # noqa: E402,F401
+from toolchain.train.plateau import PLATEAU_FRACTION, PLATEAU_TOL, plateau_check  # noqa: E402
 from toolchain.utils.io import read_json, write_json  # noqa: E402
 from toolchain.utils.provenance import git_commit, machine  # noqa: E402
 
@@ -72,7 +72,7 @@ def write_table() -> None:
     rows = []
     for f in sorted(RESULTS.glob("dense_*.json")):
         r = read_json(f)
-        p = plateau_check(r["history"], r["metric"], r["higher_is_better"])
+        p = r.get("plateau") or plateau_check(r["history"], r["metric"], r["higher_is_better"])
         verdict = f"{p['gain']:+.2f} ({'yes' if p['plateau'] else 'no'}; val std {p['window_val_std']:.2f})"
         rows.append(f"| {r['dataset']} | {r['model']} (width {r['width']}) | {r['input_size'][0]}x{r['input_size'][1]} | "
                     f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['metric']} | {r['val']:.2f} | {r['test']:.2f} | "

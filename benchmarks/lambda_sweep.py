@@ -87,8 +87,8 @@ def merge_sweeps(result: dict, other: dict, other_path: str) -> int:
                              "only sweeps of the same dense model and budget can be merged")
     have = {(r["method"], r["lam"]) for r in result["runs"] if not r.get("error")}
     added = [r for r in other["runs"] if not r.get("error") and (r["method"], r["lam"]) not in have]
-    result["runs"] = [r for r in result["runs"] if not (r.get("error") and (r["method"], r["lam"])
-                                                         in {(a["method"], a["lam"]) for a in added})] + added
+    replaced = {(a["method"], a["lam"]) for a in added}  # failed runs here that the other sweep completed
+    result["runs"] = [r for r in result["runs"] if not (r.get("error") and (r["method"], r["lam"]) in replaced)] + added
     commands = result.setdefault("merged_commands", [])
     if other.get("command") and other["command"] not in commands:
         commands.append(other["command"])

@@ -71,8 +71,11 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     """(step name, commands) in order; `lam(sweep_json, method)` gives a method's chosen lambda (called lazily)."""
     exp = EXPERIMENTS[name]
     p = paths(exp)
-    base = ["--profile", "quick", "--set", f"out_dir={RUNS}", "--set", "train.threads=1",
-            "--set", f"train.epochs={exp['epochs']}"]
+    def opts(out_dir=RUNS):
+        return ["--profile", "quick", "--set", f"out_dir={out_dir}", "--set", "train.threads=1",
+                "--set", f"train.epochs={exp['epochs']}"]
+
+    base = opts()
     mid = exp["budgets"][len(exp["budgets"]) // 2]
     out = [("dense", [[PY, "benchmarks/dense.py", exp["config"], "--profile", "quick", "--label", "plateau",
                        "--set", f"train.epochs={exp['epochs']}"]])]
@@ -84,10 +87,10 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
                        "--results", str(Path(p["sweep"](method)).parent)])
     out.append(("lambda per method", sweeps))
 
-    def comp(method, seeds, results, extra=(), budgets=None):
-        return [PY, "benchmarks/compression.py", exp["config"], *base, "--checkpoint", p["dense"],
+    def comp(method, seeds, results, extra=(), budgets=None, out_dir=RUNS, dataset=exp["label"]):
+        return [PY, "benchmarks/compression.py", exp["config"], *opts(out_dir), "--checkpoint", p["dense"],
                 "--budgets", ",".join(budgets or exp["budgets"]), "--methods", method, "--seeds", seeds,
-                "--modelopt-divisor", "4", "--dataset", exp["label"], "--results", results, *extra]
+                "--modelopt-divisor", "4", "--dataset", dataset, "--results", results, *extra]
 
     def lam_of(method):
         return lambda: ["--set", f"prune.sparsity.lam={lam(p['sweep'](method), method):g}"]
@@ -101,9 +104,8 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
                 [comp("scratch-plan", str(s), str(Path(p["runs"](f"scratch-plan_s{s}")).parent)) for s in SEEDS]))
     out.append(("modelopt, one seed", [comp("modelopt-fastnas", "0", str(Path(p["runs"]("modelopt-fastnas_s0")).parent))]))
     distill = comp("acsl", ",".join(map(str, SEEDS)), str(Path(p["distill"]).parent),
-                   ("--set", "prune.recover.method=distill"), budgets=[exp["budgets"][-1]])
-    distill[distill.index(f"out_dir={RUNS}")] = f"out_dir={RUNS}/kd"  # own run folders: the finetune ones are kept
-    distill[distill.index("--dataset") + 1] = f"{exp['label']}_distill"
+                   ("--set", "prune.recover.method=distill"), budgets=[exp["budgets"][-1]],
+                   out_dir=f"{RUNS}/kd", dataset=f"{exp['label']}_distill")  # own run folders: finetune's are kept
     out.append(("distillation vs fine-tuning", [(distill, lam_of("acsl"))]))
     merge = []
     sweep_files = [p["sweep"](m) for m in GAMMA_METHODS + ("depgraph",)]
