@@ -78,17 +78,22 @@ def one_run(cfg, checkpoint: Path, method: str, lam: float, budget: str) -> dict
 
 
 def merge_sweeps(result: dict, other: dict, other_path: str) -> int:
-    """Add `other`'s successful (method, lambda) runs that `result` lacks; both must sweep the same dense model,
-    budget and profile. Returns how many runs were added."""
+    """Add `other`'s (method, lambda) runs that `result` lacks; both must sweep the same dense model, budget and
+    profile. A success replaces a failure of the same run; a failure joins only where `result` has no run of that
+    lambda (the table shows which lambdas diverged). Returns how many runs were added."""
     same = ("model", "profile", "budget")
     if any(other.get(k) != result.get(k) for k in same) or \
             (other.get("dense") or {}).get("checkpoint") != (result.get("dense") or {}).get("checkpoint"):
         raise ToolchainError(f"{other_path} is another sweep (model, profile, budget or dense checkpoint differ); "
                              "only sweeps of the same dense model and budget can be merged")
     have = {(r["method"], r["lam"]) for r in result["runs"] if not r.get("error")}
+    known = {(r["method"], r["lam"]) for r in result["runs"]}
     added = [r for r in other["runs"] if not r.get("error") and (r["method"], r["lam"]) not in have]
     replaced = {(a["method"], a["lam"]) for a in added}  # failed runs here that the other sweep completed
-    result["runs"] = [r for r in result["runs"] if not (r.get("error") and (r["method"], r["lam"]) in replaced)] + added
+    failed = [r for r in other["runs"] if r.get("error") and (r["method"], r["lam"]) not in known]
+    result["runs"] = [r for r in result["runs"] if not (r.get("error") and (r["method"], r["lam"]) in replaced)]
+    result["runs"] += added + failed
+    added += failed
     commands = result.setdefault("merged_commands", [])
     if other.get("command") and other["command"] not in commands:
         commands.append(other["command"])

@@ -3,6 +3,9 @@
     python benchmarks/protocol.py shb              # ShanghaiTech B CSRNet
     python benchmarks/protocol.py camvid --dry-run # print the commands only (e.g. to spread them over processes)
 
+Experiments: shb, camvid, cifar, and camvid-long (CamVid with a 20-epoch sparsity phase and lambda <= 1.5, in its
+own run folders).
+
 1. dense: `benchmarks/dense.py --label plateau` with the experiment's epochs; its JSON carries the plateau check
    (best val gain over the last 20% of the epochs < 0.3) and the curve PNG;
 2. lambda per method, on val: `benchmarks/lambda_sweep.py` at the middle budget, one process per method (each
@@ -38,6 +41,17 @@ EXPERIMENTS = {
     "camvid": {"config": "configs/camvid_segnet.yaml", "model": "segnet", "label": "camvid_protocol",
                "dataset": "camvid", "epochs": 75, "budgets": ["params=0.5", "params=0.7", "params=0.85"],
                "lams": "1.75,3.5,7"},
+    # SGD at lr 0.1: 4 sparsity epochs give sum lr_t ~ 17, so lam 0.03 / 0.06 / 0.12 is S ~ 0.5 / 1 / 2.
+    "cifar": {"config": "configs/cifar_resnet56.yaml", "model": "resnet56", "label": "cifar10_subset_protocol",
+              "dataset": "cifar10_subset", "epochs": 40, "budgets": ["flops=0.5", "flops=0.6", "flops=0.7"],
+              "lams": "0.03,0.06,0.12"},
+    # CamVid with a sparsity phase 3x longer (20 epochs, sum lr_t ~ 0.97) so that lambda <= ~1 can zero channels:
+    # the schedule the full profiles use, where Adam's normalised gradient (at most ~1 per step) can hold a
+    # channel the task needs against the proximal shrink and only the weak ones reach zero.
+    "camvid-long": {"config": "configs/camvid_segnet.yaml", "model": "segnet", "label": "camvid_protocol_long",
+                    "dataset": "camvid", "epochs": 75, "budgets": ["params=0.5", "params=0.7", "params=0.85"],
+                    "lams": "0.5,1,1.5", "depgraph_lams": "1e-4,1e-3", "sparsity_epochs": 20,
+                    "out_dir": f"{RUNS}/long"},  # own run folders: camvid's (same config, method, budget) are kept
 }
 GAMMA_METHODS = ("acsl", "cap", "slimming")
 DEPGRAPH_LAMS = "1e-4,1e-3,1e-2"  # Torch-Pruning's group-norm regulariser strength (its default is 1e-4)
@@ -71,9 +85,12 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     """(step name, commands) in order; `lam(sweep_json, method)` gives a method's chosen lambda (called lazily)."""
     exp = EXPERIMENTS[name]
     p = paths(exp)
-    def opts(out_dir=RUNS):
+    runs = exp.get("out_dir", RUNS)
+
+    def opts(out_dir=runs):
+        sparsity = ["--set", f"prune.sparsity.epochs={exp['sparsity_epochs']}"] if "sparsity_epochs" in exp else []
         return ["--profile", "quick", "--set", f"out_dir={out_dir}", "--set", "train.threads=1",
-                "--set", f"train.epochs={exp['epochs']}"]
+                "--set", f"train.epochs={exp['epochs']}", *sparsity]
 
     base = opts()
     mid = exp["budgets"][len(exp["budgets"]) // 2]
@@ -81,13 +98,13 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
                        "--set", f"train.epochs={exp['epochs']}"]])]
     sweeps = []
     for method in GAMMA_METHODS + ("depgraph",):
-        lams = DEPGRAPH_LAMS if method == "depgraph" else exp["lams"]
+        lams = exp.get("depgraph_lams", DEPGRAPH_LAMS) if method == "depgraph" else exp["lams"]
         sweeps.append([PY, "benchmarks/lambda_sweep.py", exp["config"], *base, "--checkpoint", p["dense"],
                        "--budget", mid, "--methods", method, "--lams", lams, "--dataset", exp["label"],
                        "--results", str(Path(p["sweep"](method)).parent)])
     out.append(("lambda per method", sweeps))
 
-    def comp(method, seeds, results, extra=(), budgets=None, out_dir=RUNS, dataset=exp["label"]):
+    def comp(method, seeds, results, extra=(), budgets=None, out_dir=runs, dataset=exp["label"]):
         return [PY, "benchmarks/compression.py", exp["config"], *opts(out_dir), "--checkpoint", p["dense"],
                 "--budgets", ",".join(budgets or exp["budgets"]), "--methods", method, "--seeds", seeds,
                 "--modelopt-divisor", "4", "--dataset", dataset, "--results", results, *extra]
@@ -105,7 +122,7 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     out.append(("modelopt, one seed", [comp("modelopt-fastnas", "0", str(Path(p["runs"]("modelopt-fastnas_s0")).parent))]))
     distill = comp("acsl", ",".join(map(str, SEEDS)), str(Path(p["distill"]).parent),
                    ("--set", "prune.recover.method=distill"), budgets=[exp["budgets"][-1]],
-                   out_dir=f"{RUNS}/kd", dataset=f"{exp['label']}_distill")  # own run folders: finetune's are kept
+                   out_dir=f"{runs}/kd", dataset=f"{exp['label']}_distill")  # own run folders: finetune's are kept
     out.append(("distillation vs fine-tuning", [(distill, lam_of("acsl"))]))
     merge = []
     sweep_files = [p["sweep"](m) for m in GAMMA_METHODS + ("depgraph",)]

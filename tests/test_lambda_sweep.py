@@ -67,6 +67,23 @@ def test_lambda_sweep_tiny(tmp_path, capsys):
     assert "another sweep" in capsys.readouterr().err
 
 
+def test_merge_keeps_the_other_sweeps_failed_lambdas():
+    """A lambda that diverged in one method's sweep stays in the merged table (it bounds the usable range); a
+    success replaces a failure of the same run, and a failure never replaces a success."""
+    sweep = _load()
+    key = {"model": "segnet", "profile": "quick", "budget": "params=0.7", "dense": {"checkpoint": "d.pt"},
+           "higher_is_better": True}
+    ok = lambda m, lam: {"method": m, "lam": lam, "metric_val": 40.0 + lam}
+    bad = lambda m, lam: {"method": m, "lam": lam, "error": "acsl sparsity learning diverged"}
+    result = dict(key, runs=[ok("cap", 1.0), bad("slimming", 1.5), ok("acsl", 0.5)])
+    other = dict(key, runs=[ok("acsl", 1.0), bad("acsl", 1.5), ok("slimming", 1.5), bad("acsl", 0.5)])
+    assert sweep.merge_sweeps(result, other, "other.json") == 3
+    runs = {(r["method"], r["lam"]): bool(r.get("error")) for r in result["runs"]}
+    assert runs == {("cap", 1.0): False, ("acsl", 0.5): False, ("acsl", 1.0): False, ("acsl", 1.5): True,
+                    ("slimming", 1.5): False}
+    assert sweep.chosen(result) == {"acsl": 1.0, "cap": 1.0, "slimming": 1.5}
+
+
 def test_lambda_sweep_bad_input(tmp_path, capsys):
     sweep = _load()
     cfg = tmp_path / "c.yaml"

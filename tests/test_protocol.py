@@ -34,6 +34,19 @@ def test_dry_run_lists_every_step_in_order(name, capsys):
     assert len(distill) == 1 and distill[0][distill[0].index("--budgets") + 1] == exp["budgets"][-1]
 
 
+def test_long_sparsity_variant_keeps_its_own_runs_and_budget():
+    """camvid-long changes only the sparsity phase: its runs must not resume camvid's (same config, method and
+    budget give the same run folder name), and scratch-plan's budget follows (it reads prune.sparsity.epochs)."""
+    long_cmds = [protocol.render(c) for _, cmds in protocol.steps("camvid-long", lam=lambda f, m: 1.0) for c in cmds]
+    short_cmds = [protocol.render(c) for _, cmds in protocol.steps("camvid", lam=lambda f, m: 1.0) for c in cmds]
+    runs = [c for c in long_cmds if c[1] in ("benchmarks/lambda_sweep.py", "benchmarks/compression.py")]
+    assert runs and all("prune.sparsity.epochs=20" in c for c in runs)
+    out_dirs = {a for c in runs for a in c if a.startswith("out_dir=")}
+    short_dirs = {a for c in short_cmds for a in c if a.startswith("out_dir=")}
+    assert out_dirs and not out_dirs & short_dirs
+    assert not any("prune.sparsity.epochs=20" in c for c in short_cmds)
+
+
 def test_chosen_lambda_comes_from_the_methods_own_sweep(tmp_path):
     sweep = tmp_path / "s.json"
     sweep.write_text(json.dumps({"chosen_on_val": {"acsl": 7.0, "cap": 3.5}}))
