@@ -26,11 +26,18 @@ sys.path.insert(0, str(REPO))
 
 from toolchain.cli import main as acsl  # noqa: E402
 from toolchain.config import load_config, parse_dotted_overrides  # noqa: E402
+from toolchain.train.metrics import primary_metric  # noqa: E402
 from toolchain.train.plateau import PLATEAU_FRACTION, PLATEAU_TOL, plateau_check  # noqa: E402
 from toolchain.utils.io import read_json, write_json  # noqa: E402
 from toolchain.utils.provenance import git_commit, machine  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def curve_title(result: dict) -> str:
+    return f"{result['dataset']} {result['model']} (width {result['width']}, {result['epochs']} epochs)"
+
+
 def dataset_name(cfg) -> str:
     root = cfg.data_root()
     return root.name if root else "synthetic"
@@ -116,8 +123,7 @@ def main(argv=None) -> int:
             r = read_json(f)
             r["plateau"] = plateau_check(r["history"], r["metric"], r["higher_is_better"])
             write_json(f, r)
-            plot_curve(r["history"], r["metric"], f"{r['dataset']} {r['model']} (width {r['width']}, {r['epochs']} epochs)",
-                       f.with_suffix(".png"), r["plateau"])
+            plot_curve(r["history"], r["metric"], curve_title(r), f.with_suffix(".png"), r["plateau"])
         write_table()
         return 0
     if not args.config:
@@ -138,7 +144,7 @@ def main(argv=None) -> int:
     rec = read_json(run_dir / "train_record.json")
     hist = read_json(run_dir / "dense_history.json")
     name = f"dense_{dataset_name(cfg)}_{cfg.model.name}{suffix}"
-    higher = rec["metric"] != "mae"
+    higher = primary_metric(cfg.task)[1]
     command = "python benchmarks/dense.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = {
         "dataset": dataset_name(cfg), "model": cfg.model.name, "width": cfg.model.width, "profile": args.profile,
@@ -155,9 +161,7 @@ def main(argv=None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{name}.json", result)
-    plot_curve(hist["history"], rec["metric"],
-               f"{result['dataset']} {result['model']} (width {result['width']}, {result['epochs']} epochs)",
-               RESULTS / f"{name}.png", result["plateau"])
+    plot_curve(hist["history"], rec["metric"], curve_title(result), RESULTS / f"{name}.png", result["plateau"])
     write_table()
     print(json.dumps({k: result[k] for k in ("dataset", "model", "metric", "val", "test", "wall_s", "plateau")}))
     return 0

@@ -93,11 +93,10 @@ def merge_sweeps(result: dict, other: dict, other_path: str) -> int:
     failed = [r for r in other["runs"] if r.get("error") and (r["method"], r["lam"]) not in known]
     result["runs"] = [r for r in result["runs"] if not (r.get("error") and (r["method"], r["lam"]) in replaced)]
     result["runs"] += added + failed
-    added += failed
     commands = result.setdefault("merged_commands", [])
     if other.get("command") and other["command"] not in commands:
         commands.append(other["command"])
-    return len(added)
+    return len(added) + len(failed)
 
 
 def chosen(result: dict) -> dict:

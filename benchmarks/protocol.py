@@ -36,20 +36,20 @@ PY = "python"
 
 EXPERIMENTS = {
     "shb": {"config": "configs/shb_csrnet.yaml", "model": "csrnet", "label": "shanghaitech_b_protocol",
-            "dataset": "shanghaitech_b", "epochs": 60, "budgets": ["params=0.5", "params=0.7", "params=0.9"],
+            "epochs": 60, "budgets": ["params=0.5", "params=0.7", "params=0.9"],
             "lams": "3.5,7,10,14"},
     "camvid": {"config": "configs/camvid_segnet.yaml", "model": "segnet", "label": "camvid_protocol",
-               "dataset": "camvid", "epochs": 75, "budgets": ["params=0.5", "params=0.7", "params=0.85"],
+               "epochs": 75, "budgets": ["params=0.5", "params=0.7", "params=0.85"],
                "lams": "1.75,3.5,7"},
     # SGD at lr 0.1: 4 sparsity epochs give sum lr_t ~ 17, so lam 0.03 / 0.06 / 0.12 is S ~ 0.5 / 1 / 2.
     "cifar": {"config": "configs/cifar_resnet56.yaml", "model": "resnet56", "label": "cifar10_subset_protocol",
-              "dataset": "cifar10_subset", "epochs": 40, "budgets": ["flops=0.5", "flops=0.6", "flops=0.7"],
+              "epochs": 40, "budgets": ["flops=0.5", "flops=0.6", "flops=0.7"],
               "lams": "0.03,0.06,0.12"},
     # CamVid with a sparsity phase 3x longer (20 epochs, sum lr_t ~ 0.97) so that lambda <= ~1 can zero channels:
     # the schedule the full profiles use, where Adam's normalised gradient (at most ~1 per step) can hold a
     # channel the task needs against the proximal shrink and only the weak ones reach zero.
     "camvid-long": {"config": "configs/camvid_segnet.yaml", "model": "segnet", "label": "camvid_protocol_long",
-                    "dataset": "camvid", "epochs": 75, "budgets": ["params=0.5", "params=0.7", "params=0.85"],
+                    "epochs": 75, "budgets": ["params=0.5", "params=0.7", "params=0.85"],
                     "lams": "0.5,1,1.5", "depgraph_lams": "1e-4,1e-3", "sparsity_epochs": 20,
                     "out_dir": f"{RUNS}/long"},  # own run folders: camvid's (same config, method, budget) are kept
 }
@@ -61,9 +61,8 @@ SEEDS = (0, 1, 2)
 def paths(exp: dict) -> dict:
     cfg_name = Path(exp["config"]).stem
     label, model = exp["label"], exp["model"]
-    return {"dense": f"benchmarks/.runs/{cfg_name}_quick_plateau/dense_best.pt", "work": f"{RUNS}/{label}",
+    return {"dense": f"benchmarks/.runs/{cfg_name}_quick_plateau/dense_best.pt",
             "sweep": lambda m: f"{RUNS}/{label}/sweep_{m}/lambda_sweep_{label}_{model}.json",
-            "sweep_all": f"{RESULTS}/lambda_sweep_{label}_{model}.json",
             "runs": lambda name: f"{RUNS}/{label}/res_{name}/compression_{label}_{model}.json",
             "distill": f"{RUNS}/{label}/res_distill/compression_{label}_distill_{model}.json"}
 

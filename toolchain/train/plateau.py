@@ -21,13 +21,14 @@ def plateau_check(history: list, metric: str, higher_is_better: bool, fraction: 
         raise ValueError(f"no val metric before the last {fraction:.0%} of the epochs (epoch {start})")
     best = max if higher_is_better else min
     sign = 1.0 if higher_is_better else -1.0
-    gain = sign * (best(v for _, v in points) - best(before))
+    best_all, best_before = best(v for _, v in points), best(before)
+    gain = sign * (best_all - best_before)
     window = [v for e, v in points if e > start]
     mean = sum(window) / len(window)
     spread = (sum((v - mean) ** 2 for v in window) / (len(window) - 1)) ** 0.5 if len(window) > 1 else None
     return {"rule": f"best val gain over the last {fraction:.0%} of the epochs (epochs {start + 1}-{epochs}) < {tol}",
-            "window_start_epoch": start + 1, "epochs": epochs, "best_before": best(before),
-            "best": best(v for _, v in points), "gain": round(gain, 4), "tol": tol, "plateau": bool(gain < tol),
+            "window_start_epoch": start + 1, "epochs": epochs, "best_before": best_before,
+            "best": best_all, "gain": round(gain, 4), "tol": tol, "plateau": bool(gain < tol),
             "window_val_std": None if spread is None else round(spread, 4)}  # epoch-to-epoch val noise, for scale
 
 
