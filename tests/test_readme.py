@@ -70,6 +70,41 @@ def readme_commands(text: str) -> tuple[list[str], list[str]]:
     return commands, snippets
 
 
+def copy_checkout(src: Path, dst: Path) -> None:
+    """Copy what a fresh clone of `src` would hold: tracked files plus untracked ones git does not ignore. A
+    working tree also holds ignored run folders (benchmarks/.runs: gigabytes, and files that a benchmark running
+    beside the tests renames mid-copy); outside git, fall back to a copy that skips the known ones."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
+                                capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "deploy", "__pycache__",
+                                                                ".pytest_cache", "*.egg-info", ".benchcache", ".runs"))
+        return
+    for name in filter(None, listed.decode().split("\0")):
+        source = src / name
+        if source.is_file():  # a tracked file deleted in the working tree is absent from a clone of it too
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / name)
+
+
+def test_copy_checkout_skips_ignored_run_folders(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "mod.py").write_text("x = 1\n")
+    (src / "notes.md").write_text("untracked, not ignored\n")
+    (src / ".gitignore").write_text("/benchmarks/.runs/\n")
+    (src / "benchmarks" / ".runs" / "big").mkdir(parents=True)
+    (src / "benchmarks" / ".runs" / "big" / "model.pt").write_bytes(b"0" * 10)
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    subprocess.run(["git", "init", "-q"], cwd=src, check=True)
+    subprocess.run(["git", "add", "pkg/mod.py", ".gitignore"], cwd=src, check=True)
+    copy_checkout(src, dst)
+    copied = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    assert copied == [".gitignore", "notes.md", "pkg/mod.py"]
+
+
 def test_readme_parses_into_commands():
     commands, snippets = readme_commands((REPO / "README.md").read_text())
     assert commands[:2] == ["make deploy", "make test"] or commands[0] == "make deploy"
@@ -82,8 +117,7 @@ def test_every_readme_example_runs_as_written(tmp_path):
     if not (venv / "bin" / "acsl").exists() or shutil.which("make") is None:
         pytest.skip(f"needs make and a virtual environment with `acsl` installed ({venv})")
     copy = tmp_path / "repo"
-    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "deploy", "__pycache__",
-                                                              ".pytest_cache", "*.egg-info", ".benchcache"))
+    copy_checkout(REPO, copy)
     shared = REPO.parent / "shared"
     if shared.is_dir():
         (tmp_path / "shared").symlink_to(shared)
