@@ -3,8 +3,8 @@
     python benchmarks/protocol.py shb              # ShanghaiTech B CSRNet
     python benchmarks/protocol.py camvid --dry-run # print the commands only (e.g. to spread them over processes)
 
-Experiments: shb, camvid, cifar, and camvid-long (CamVid with a 20-epoch sparsity phase and lambda <= 1.5, in its
-own run folders).
+Experiments: shb, camvid, cifar, and the long-phase variants camvid-long (CamVid, a 20-epoch sparsity phase,
+lambda <= 1.5) and shb-long (ShanghaiTech B, a 30-epoch phase, lambda <= 3), each in its own run folders.
 
 1. dense: `benchmarks/dense.py --label plateau` with the experiment's epochs; its JSON carries the plateau check
    (best val gain over the last 20% of the epochs < 0.3) and the curve PNG;
@@ -52,6 +52,12 @@ EXPERIMENTS = {
                     "epochs": 75, "budgets": ["params=0.5", "params=0.7", "params=0.85"],
                     "lams": "0.5,1,1.5", "depgraph_lams": "1e-4,1e-3", "sparsity_epochs": 20,
                     "out_dir": f"{RUNS}/long"},  # own run folders: camvid's (same config, method, budget) are kept
+    # ShanghaiTech B with a 30-epoch sparsity phase (sum lr_t ~ 0.69 against 0.14 for 6): lam 1 / 1.5 / 2 / 3 is
+    # S ~ 0.7 / 1.0 / 1.4 / 2.1, around the range the 6-epoch sweep chose from (lam 7 / 10 there).
+    "shb-long": {"config": "configs/shb_csrnet.yaml", "model": "csrnet", "label": "shanghaitech_b_protocol_long",
+                 "epochs": 60, "budgets": ["params=0.5", "params=0.7", "params=0.9"],
+                 "lams": "1,1.5,2,3", "depgraph_lams": "1e-4,1e-3", "sparsity_epochs": 30,
+                 "out_dir": f"{RUNS}/long"},
 }
 GAMMA_METHODS = ("acsl", "cap", "slimming")
 DEPGRAPH_LAMS = "1e-4,1e-3,1e-2"  # Torch-Pruning's group-norm regulariser strength (its default is 1e-4)

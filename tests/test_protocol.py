@@ -34,17 +34,21 @@ def test_dry_run_lists_every_step_in_order(name, capsys):
     assert len(distill) == 1 and distill[0][distill[0].index("--budgets") + 1] == exp["budgets"][-1]
 
 
-def test_long_sparsity_variant_keeps_its_own_runs_and_budget():
-    """camvid-long changes only the sparsity phase: its runs must not resume camvid's (same config, method and
-    budget give the same run folder name), and scratch-plan's budget follows (it reads prune.sparsity.epochs)."""
-    long_cmds = [protocol.render(c) for _, cmds in protocol.steps("camvid-long", lam=lambda f, m: 1.0) for c in cmds]
-    short_cmds = [protocol.render(c) for _, cmds in protocol.steps("camvid", lam=lambda f, m: 1.0) for c in cmds]
+@pytest.mark.parametrize("long, short, epochs", [("camvid-long", "camvid", 20), ("shb-long", "shb", 30)])
+def test_long_sparsity_variant_keeps_its_own_runs_and_budget(long, short, epochs):
+    """A long-phase variant changes only the sparsity phase: its runs must not resume the short one's (same config,
+    method and budget give the same run folder name), and scratch-plan's budget follows (it reads
+    prune.sparsity.epochs)."""
+    long_cmds = [protocol.render(c) for _, cmds in protocol.steps(long, lam=lambda f, m: 1.0) for c in cmds]
+    short_cmds = [protocol.render(c) for _, cmds in protocol.steps(short, lam=lambda f, m: 1.0) for c in cmds]
     runs = [c for c in long_cmds if c[1] in ("benchmarks/lambda_sweep.py", "benchmarks/compression.py")]
-    assert runs and all("prune.sparsity.epochs=20" in c for c in runs)
+    assert runs and all(f"prune.sparsity.epochs={epochs}" in c for c in runs)
     out_dirs = {a for c in runs for a in c if a.startswith("out_dir=")}
     short_dirs = {a for c in short_cmds for a in c if a.startswith("out_dir=")}
     assert out_dirs and not out_dirs & short_dirs
-    assert not any("prune.sparsity.epochs=20" in c for c in short_cmds)
+    assert not any(f"prune.sparsity.epochs={epochs}" in c for c in short_cmds)
+    labels = {c[c.index("--dataset") + 1] for c in runs}
+    assert not labels & {c[c.index("--dataset") + 1] for c in short_cmds if "--dataset" in c}
 
 
 def test_chosen_lambda_comes_from_the_methods_own_sweep(tmp_path):
