@@ -89,6 +89,8 @@ def copy_checkout(src: Path, dst: Path) -> None:
 
 
 def test_copy_checkout_skips_ignored_run_folders(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "pkg").mkdir(parents=True)
     (src / "pkg" / "mod.py").write_text("x = 1\n")
@@ -96,8 +98,6 @@ def test_copy_checkout_skips_ignored_run_folders(tmp_path):
     (src / ".gitignore").write_text("/benchmarks/.runs/\n")
     (src / "benchmarks" / ".runs" / "big").mkdir(parents=True)
     (src / "benchmarks" / ".runs" / "big" / "model.pt").write_bytes(b"0" * 10)
-    if shutil.which("git") is None:
-        pytest.skip("needs git")
     subprocess.run(["git", "init", "-q"], cwd=src, check=True)
     subprocess.run(["git", "add", "pkg/mod.py", ".gitignore"], cwd=src, check=True)
     copy_checkout(src, dst)
