@@ -6,7 +6,8 @@ lambda does the val split choose, per method?
         --methods acsl,slimming --lams 1e-3,1e-2,1e-1 [--results benchmarks/results] [--dataset shanghaitech_b]
 
 For every (method, lambda) it runs the whole `acsl prune` flow (sparsity -> select -> slim -> recover) with
-prune.sparsity.lam = lambda, in its own run folder (`<out_dir>/<name>/lam_sweep/<method>_lam<lambda>/`), and
+prune.sparsity.lam = lambda, in its own run folder (`<out_dir>/<name>/lam_sweep/<method>_lam<lambda>_<budget tag>/`; the sparsity phase
+is cached across budgets), and
 records how far the gammas moved (median |gamma| before/after, fraction below 1e-2 of the largest), the val
 metric after sparsity learning, right after slimming (before recovery) and after recovery, and the test
 metric. The lambda per method is chosen on val after recovery; test is reported, never used to choose.
@@ -66,7 +67,8 @@ def one_run(cfg, checkpoint: Path, method: str, lam: float, budget: str) -> dict
     from toolchain.prune.pipeline import run_prune
 
     cfg_l = config_from_dict(deep_merge(config_to_dict(cfg), {"prune": {"sparsity": {"lam": lam}}}))
-    out = cfg.run_dir() / "lam_sweep" / f"{method}_lam{lam:g}"
+    tag = parse_budget(budget).tag()  # one folder per budget: sweeps at several budgets share only the sparsity cache
+    out = cfg.run_dir() / "lam_sweep" / f"{method}_lam{lam:g}_{tag}"
     record = run_prune(cfg_l, checkpoint, method=method, budget=budget, out=out)
     sparsity = record["stages"]["sparsity"] or {}
     return {"params": record["after"]["params"], "macs": record["after"]["macs"],
@@ -74,7 +76,7 @@ def one_run(cfg, checkpoint: Path, method: str, lam: float, budget: str) -> dict
             "metric_val": record["val"], "metric": record["test"], "strengths": sparsity.get("strengths"),
             "gammas": gamma_stats(Path(sparsity["checkpoint"])) if sparsity.get("checkpoint") else None,
             "sparsity_epochs": record["sparsity_epochs"], "recover_epochs": record["recover_epochs"],
-            "run_dir": str(out)}
+            "sparsity_reused": bool(sparsity.get("reused")), "run_dir": str(out)}
 
 
 def merge_sweeps(result: dict, other: dict, other_path: str) -> int:

@@ -16,6 +16,10 @@ lambda <= 1.5) and shb-long (ShanghaiTech B, a 30-epoch phase, lambda <= 3), eac
 5. merge: every run into benchmarks/results/compression_<label>_<model>.json (+ .md, .png) and the distillation
    check into compression_<label>_distill_<model>.json.
 
+After it, `python benchmarks/protocol.py EXP --lam-per-budget` chooses lambda on val at every budget, not only the
+middle one (see lam_per_budget_steps): where a budget's lambda changes, its seeds (and scratch-plan on ACSL's new
+plans) run again, into compression_<label>_lam-per-budget_<model>.json.
+
 Every step is resumable (rerun the same command after an interruption: finished runs are kept). Run folders go
 under benchmarks/.runs/p12. Each step is a plain command; --dry-run prints them in order, and the ones of a step
 are independent of each other (run them in parallel with 1 thread each on a small machine).
@@ -86,18 +90,20 @@ def chosen_lambda(sweep_json: str | Path, method: str) -> float:
     return float(chosen[method])
 
 
+def run_opts(exp: dict, out_dir: str) -> list[str]:
+    """The settings every run of an experiment shares: profile, run folders, 1 thread, the epoch budget."""
+    sparsity = ["--set", f"prune.sparsity.epochs={exp['sparsity_epochs']}"] if "sparsity_epochs" in exp else []
+    return ["--profile", "quick", "--set", f"out_dir={out_dir}", "--set", "train.threads=1",
+            "--set", f"train.epochs={exp['epochs']}", *sparsity]
+
+
 def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     """(step name, commands) in order; `lam(sweep_json, method)` gives a method's chosen lambda (called lazily)."""
     exp = EXPERIMENTS[name]
     p = paths(exp)
     runs = exp.get("out_dir", RUNS)
 
-    def opts(out_dir=runs):
-        sparsity = ["--set", f"prune.sparsity.epochs={exp['sparsity_epochs']}"] if "sparsity_epochs" in exp else []
-        return ["--profile", "quick", "--set", f"out_dir={out_dir}", "--set", "train.threads=1",
-                "--set", f"train.epochs={exp['epochs']}", *sparsity]
-
-    base = opts()
+    base = run_opts(exp, runs)
     mid = exp["budgets"][len(exp["budgets"]) // 2]
     out = [("dense", [[PY, "benchmarks/dense.py", exp["config"], "--profile", "quick", "--label", "plateau",
                        "--set", f"train.epochs={exp['epochs']}"]])]
@@ -110,7 +116,7 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     out.append(("lambda per method", sweeps))
 
     def comp(method, seeds, results, extra=(), budgets=None, out_dir=runs, dataset=exp["label"]):
-        return [PY, "benchmarks/compression.py", exp["config"], *opts(out_dir), "--checkpoint", p["dense"],
+        return [PY, "benchmarks/compression.py", exp["config"], *run_opts(exp, out_dir), "--checkpoint", p["dense"],
                 "--budgets", ",".join(budgets or exp["budgets"]), "--methods", method, "--seeds", seeds,
                 "--modelopt-divisor", "4", "--dataset", dataset, "--results", results, *extra]
 
@@ -143,11 +149,87 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     return out
 
 
-def render(cmd) -> list[str]:
-    """A command with its lazily chosen lambda filled in (a (command, extra) pair) or as is."""
+def diverged_lams(sweep_json: str | Path, method: str) -> set[float]:
+    """The lambdas whose sparsity phase diverged in a finished sweep (the phase does not depend on the budget)."""
+    path = Path(sweep_json) if Path(sweep_json).is_absolute() else REPO / sweep_json
+    if not path.is_file():
+        raise SystemExit(f"protocol: {sweep_json} not found; run the lambda sweep of {method} first")
+    return {float(r["lam"]) for r in json.loads(path.read_text())["runs"]
+            if r.get("method") == method and "diverged" in (r.get("error") or "")}
+
+
+def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]:
+    """`protocol.py EXP --lam-per-budget`, after the main protocol: a lambda chosen on val at every budget.
+
+    The main protocol sweeps lambda at the middle budget and uses it at every budget. Here each other budget gets
+    its own val sweep (of the lambdas whose sparsity phase did not diverge at the middle budget; the phase does not
+    depend on the budget, so its cached checkpoints are reused and only selection and recovery run). Seeds run at a
+    budget's own lambda only where it differs from the middle one (in their own run folders: the middle-lambda runs
+    and the plans scratch-plan read are kept), and scratch-plan follows ACSL's changed plans. Everything is merged
+    into compression_<label>_lam-per-budget_<model>.json, where the middle-lambda runs fill the unchanged cells.
+    `dry` prints every command without reading any sweep."""
+    exp = EXPERIMENTS[name]
+    p = paths(exp)
+    label, runs = exp["label"], exp.get("out_dir", RUNS)
+    mid = exp["budgets"][len(exp["budgets"]) // 2]
+    others = [b for b in exp["budgets"] if b != mid]
+    pb_runs = f"{runs}/lam_per_budget"
+    methods = GAMMA_METHODS + ("depgraph",)
+    sweep = lambda m, b: f"{RUNS}/{label}/sweep_{m}_{parse_tag(b)}/lambda_sweep_{label}_{exp['model']}.json"  # noqa: E731
+    res = lambda n, b: f"{RUNS}/{label}/res_{n}_{parse_tag(b)}/compression_{label}_{exp['model']}.json"  # noqa: E731
+    lam = (lambda f, m: float("nan")) if dry else chosen_lambda
+    exists = (lambda f: True) if dry else (lambda f: (REPO / f).is_file())
+
+    def lams(method):
+        grid = exp.get("depgraph_lams", DEPGRAPH_LAMS) if method == "depgraph" else exp["lams"]
+        if dry:
+            return lambda: ["--lams", grid]
+        return lambda: ["--lams", ",".join(v for v in grid.split(",") if float(v) not in diverged_lams(p["sweep"](method), method))]
+
+    def changed(method, budget, extra):  # the command's extra arguments, or None where the lambda did not change
+        def more():
+            here, there = lam(sweep(method, budget), method), lam(p["sweep"](method), method)
+            return None if here == there else extra(here)
+        return more
+
+    sweeps = [([PY, "benchmarks/lambda_sweep.py", exp["config"], *run_opts(exp, runs), "--checkpoint", p["dense"], "--budget", b,
+                "--methods", m, "--dataset", label, "--results", str(Path(sweep(m, b)).parent)], lams(m))
+              for b in others for m in methods]
+
+    def comp(method, seed, budget):
+        return [PY, "benchmarks/compression.py", exp["config"], *run_opts(exp, pb_runs), "--checkpoint", p["dense"],
+                "--budgets", budget, "--methods", method, "--seeds", str(seed), "--modelopt-divisor", "4",
+                "--dataset", label, "--results", str(Path(res(f"{method}_s{seed}", budget)).parent)]
+
+    seeds = [(comp(m, s, b), changed(m, b, lambda v: ["--set", f"prune.sparsity.lam={v:g}"]))
+             for s in SEEDS for m in methods for b in others]
+    scratch = [(comp("scratch-plan", s, b), changed("acsl", b, lambda v: [])) for s in SEEDS for b in others]
+    dataset = f"{label}_lam-per-budget"
+    merge = [[PY, "benchmarks/lambda_sweep.py", exp["config"], *run_opts(exp, runs), "--checkpoint", p["dense"], "--budget", b,
+              "--dataset", f"{label}_{parse_tag(b)}", "--results", RESULTS] + sum((["--merge", sweep(m, b)] for m in methods), [])
+             for b in others]
+    base = [PY, "benchmarks/compression.py", exp["config"], *run_opts(exp, runs), "--dataset", dataset, "--results", RESULTS]
+    own = [res(f"{m}_s{s}", b) for s in SEEDS for m in methods + ("scratch-plan",) for b in others]
+    merge += [(base + ["--merge", f], (lambda f=f: [] if exists(f) else None)) for f in own]  # first: they win
+    names = [f"{m}_s{s}" for s in SEEDS for m in methods + ("scratch-plan",)] + ["modelopt-fastnas_s0"]
+    merge += [base + ["--merge", p["runs"](n)] for n in names]
+    return [("lambda at the other budgets", sweeps), ("seeds where a budget's lambda changed", seeds),
+            ("scratch-plan where ACSL's plan changed", scratch), ("merge the lambda-per-budget table", merge)]
+
+
+def parse_tag(budget: str) -> str:
+    """'params=0.5' -> 'params0.5', the run-folder tag of toolchain.prune.select.Budget."""
+    kind, value = budget.split("=")
+    return f"{kind}{float(value):g}"
+
+
+def render(cmd) -> list[str] | None:
+    """A command with its lazily read arguments (a (command, extra) pair: the chosen lambda, the lambdas to sweep)
+    filled in, or as is; None where `extra` says the command is not needed (the lambda did not change)."""
     if isinstance(cmd, tuple):
         base, extra = cmd
-        return base + extra()
+        more = extra()
+        return None if more is None else base + more
     return cmd
 
 
@@ -155,16 +237,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--lam-per-budget", action="store_true",
+                    help="after the protocol: a lambda chosen on val at every budget, not only the middle one")
     args = ap.parse_args(argv)
-    for title, commands in steps(args.experiment,
-                                 lam=(lambda f, m: float("nan")) if args.dry_run else chosen_lambda):
+    if args.lam_per_budget:
+        plan = lam_per_budget_steps(args.experiment, dry=args.dry_run)
+    else:
+        plan = steps(args.experiment, lam=(lambda f, m: float("nan")) if args.dry_run else chosen_lambda)
+    for title, commands in plan:
         print(f"# {title}", flush=True)
         for cmd in commands:
+            cmd = render(cmd)
+            if cmd is None:
+                print("(skipped: this budget's lambda is the middle budget's; its runs fill the cell)", flush=True)
+                continue
             if args.dry_run:
-                line = " ".join(shlex.quote(a) for a in render(cmd))
+                line = " ".join(shlex.quote(a) for a in cmd)
                 print(line.replace("prune.sparsity.lam=nan", "prune.sparsity.lam=CHOSEN_ON_VAL"))
                 continue
-            cmd = [sys.executable if a == PY else a for a in render(cmd)]
+            cmd = [sys.executable if a == PY else a for a in cmd]
             print("$ " + " ".join(shlex.quote(a) for a in cmd), flush=True)
             code = subprocess.call(cmd, cwd=REPO)
             if code:

@@ -61,6 +61,13 @@ def test_lambda_sweep_tiny(tmp_path, capsys):
     assert {(r["method"], r["lam"]) for r in merged["runs"]} == set(runs) | {("cap", 1e-4)}
     assert merged["chosen_on_val"] == best | {"cap": 1e-4} and merged["merged_commands"]
     assert "| cap |" in out.with_suffix(".md").read_text()
+    # another budget: its own run folders, the sparsity phase of the same lambda comes from the cache
+    again = [str(cfg_path), "--checkpoint", str(dense), "--budget", "params=0.3", "--methods", "acsl", "--lams", "6",
+             "--results", str(tmp_path / "p30"), "--dataset", "synthetic"]
+    assert sweep.main(again) == 0
+    at30 = json.loads((tmp_path / "p30" / "lambda_sweep_synthetic_segnet.json").read_text())["runs"][0]
+    assert at30["sparsity_reused"] and at30["run_dir"] != runs[("acsl", 6.0)]["run_dir"]
+    assert at30["gammas"] == runs[("acsl", 6.0)]["gammas"] and at30["params"] > runs[("acsl", 6.0)]["params"]
     wrong = json.loads(other_json.read_text()) | {"budget": "params=0.7"}
     (tmp_path / "wrong.json").write_text(json.dumps(wrong))
     assert sweep.main(argv + ["--merge", str(tmp_path / "wrong.json")]) == 2

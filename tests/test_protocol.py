@@ -84,3 +84,58 @@ def test_compression_merge_starts_an_empty_table(tmp_path, capsys):
     assert [r["seed"] for r in merged["runs"]] == [0, 1] and merged["merged_commands"] == ["python benchmarks/compression.py b"]
     assert bench.main([str(cfg), "--dataset", "syn", "--results", str(results), "--merge", str(tmp_path / "no.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_lambda_per_budget_dry_run_sweeps_the_other_budgets_into_its_own_runs(capsys):
+    assert protocol.main(["shb-long", "--lam-per-budget", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    titles = [line[2:] for line in out.splitlines() if line.startswith("# ")]
+    assert titles == ["lambda at the other budgets", "seeds where a budget's lambda changed",
+                      "scratch-plan where ACSL's plan changed", "merge the lambda-per-budget table"]
+    exp = protocol.EXPERIMENTS["shb-long"]
+    commands = [shlex.split(line) for line in out.splitlines() if line and not line.startswith("#")]
+    sweeps = [c for c in commands if c[1] == "benchmarks/lambda_sweep.py" and "--merge" not in c]
+    assert sorted({c[c.index("--budget") + 1] for c in sweeps}) == ["params=0.5", "params=0.9"]  # not the middle one
+    assert all("out_dir=benchmarks/.runs/p12/long" in c for c in sweeps)  # the main runs' sparsity cache is reused
+    runs = [c for c in commands if c[1] == "benchmarks/compression.py" and "--seeds" in c]
+    assert len(runs) == 3 * 4 * 2 + 3 * 2  # seeds x gamma methods + depgraph x other budgets, then scratch-plan
+    assert all("out_dir=benchmarks/.runs/p12/long/lam_per_budget" in c and len(c[c.index("--budgets") + 1].split(",")) == 1
+               for c in runs)  # own run folders: the middle-lambda runs and ACSL's plans stay as they were
+    merges = [c[c.index("--merge") + 1] for c in commands if c[1] == "benchmarks/compression.py" and "--merge" in c]
+    own = [m for m in merges if "_params0." in m]
+    assert own and merges[:len(own)] == own  # a budget's own-lambda runs merge first, so they win over the middle ones
+    assert all(c[c.index("--dataset") + 1] == f"{exp['label']}_lam-per-budget"
+               for c in commands if c[1] == "benchmarks/compression.py" and "--merge" in c)
+
+
+def test_lambda_per_budget_runs_only_where_the_lambda_changed(tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "RUNS", str(tmp_path))
+    exp = protocol.EXPERIMENTS["shb"]
+    label, model = exp["label"], exp["model"]
+
+    def sweep(folder, chosen, runs=()):
+        path = tmp_path / label / folder / f"lambda_sweep_{label}_{model}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"chosen_on_val": chosen, "runs": list(runs)}))
+
+    diverged = {"method": "acsl", "lam": 14.0, "error": "acsl sparsity learning diverged (loss nan); lower lam"}
+    for m, v in {"acsl": 7.0, "cap": 7.0, "slimming": 3.5, "depgraph": 1e-3}.items():
+        sweep(f"sweep_{m}", {m: v}, [diverged] if m == "acsl" else [])
+    for tag, acsl in (("params0.5", 3.5), ("params0.9", 7.0)):  # ACSL's lambda changes at 50% only
+        for m, v in {"acsl": acsl, "cap": 7.0, "slimming": 3.5, "depgraph": 1e-3}.items():
+            sweep(f"sweep_{m}_{tag}", {m: v})
+    steps = dict(protocol.lam_per_budget_steps("shb"))
+    grids = {(c[c.index("--methods") + 1], c[c.index("--budget") + 1]): c[c.index("--lams") + 1]
+             for c in map(protocol.render, steps["lambda at the other budgets"])}
+    assert grids[("acsl", "params=0.5")] == "3.5,7,10" and grids[("cap", "params=0.9")] == exp["lams"]
+    ran = [c for c in map(protocol.render, steps["seeds where a budget's lambda changed"]) if c is not None]
+    assert {(c[c.index("--methods") + 1], c[c.index("--budgets") + 1]) for c in ran} == {("acsl", "params=0.5")}
+    assert len(ran) == 3 and all("prune.sparsity.lam=3.5" in c for c in ran)
+    scratch = [c for c in map(protocol.render, steps["scratch-plan where ACSL's plan changed"]) if c is not None]
+    assert len(scratch) == 3 and {c[c.index("--budgets") + 1] for c in scratch} == {"params=0.5"}
+    done = tmp_path / label / "res_acsl_s0_params0.5" / f"compression_{label}_{model}.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    merges = [c for c in map(protocol.render, steps["merge the lambda-per-budget table"]) if c and "compression.py" in c[1]]
+    assert merges[0][merges[0].index("--merge") + 1] == str(done)  # the runs that did not happen are not merged
+    assert not any("_params0." in c[c.index("--merge") + 1] for c in merges[1:])
