@@ -176,7 +176,7 @@ def prune_entry(cfg, checkpoint: Path, method: str, budget: str, modelopt_diviso
             "seed": cfg.prune.seed, "sparsity_mode": diag.get("sparsity_mode"), "lam": diag.get("lam"),
             "gammas_frac_exact_zero": gammas.get("frac_exact_zero"), "gammas_frac_below_1pct": gammas.get("frac_below_rel"),
             "val_after_sparsity": diag.get("val_after_sparsity"), "val_after_slim": diag.get("val_after_slim"),
-            "slim_loss": (diag.get("slim") or {}).get("loss")}
+            "slim_loss": (diag.get("slim") or {}).get("loss"), "dead_channels_kept": (diag.get("dead_kept") or {}).get("dead")}
 
 
 def _train_scratch(cfg, model, run_dir: Path, epochs: int, stage: str, extra: dict | None = None) -> dict:

@@ -9,7 +9,7 @@ from conftest import REPO
 from prune_nets import TinyResCat
 from toolchain.config import SparsityConfig, load_config, validate_config
 from toolchain.errors import ToolchainError
-from toolchain.prune.diagnostics import gamma_stats, prunable_gammas, slim_diagnostic, write_gamma_histogram
+from toolchain.prune.diagnostics import dead_channels, gamma_stats, prunable_gammas, slim_diagnostic, write_gamma_histogram
 from toolchain.prune.groups import build_pruning_graph
 from toolchain.prune.sparsity import SlimmingRegulariser, make_regulariser, soft_threshold
 
@@ -211,6 +211,46 @@ def test_prune_record_has_the_diagnostic(tiny_seg_config, tmp_path, capsys):
     on_disk = json.loads((tmp_path / "run" / "prune_record.json").read_text())
     assert on_disk["diagnostic"]["val_after_recovery"] == d["val_after_recovery"]
     assert "after slimming, before recovery" in capsys.readouterr().out
+
+
+def test_dead_channels_a_budget_leaves_in_the_slim_model(tiny_seg_config, tmp_path, capsys):
+    """Channels with gamma = beta = 0 output nothing; a budget smaller than the zeroed share keeps some of them, and
+    the diagnostic counts them (only gamma and beta both zero is dead: beta alone still feeds a constant forward)."""
+    from toolchain.config import load_config as load
+    from toolchain.models import build_from_config
+    from toolchain.prune.pipeline import run_prune
+    from toolchain.train.checkpoint import save_checkpoint
+
+    model = TinyResCat(8)
+    graph = build_pruning_graph(model, (16, 16))
+    first = graph.module(graph.bn_names()[0])
+    with torch.no_grad():
+        first.bias.fill_(0.5)
+        first.weight[:3] = 0
+        first.bias[:2] = 0   # channel 2: gamma 0, beta 0.5: alive
+    assert dead_channels(model, (16, 16)) == {"channels": sum(graph.module(n).weight.numel() for n in graph.bn_names()),
+                                              "dead": 2}
+    cfg = load(tiny_seg_config, overrides={"prune": {"sparsity": {"epochs": 0}, "recover": {"epochs": 0},
+                                                     "min_channels": 1}})
+    torch.manual_seed(0)
+    dense = build_from_config(cfg)
+    names = prunable_gammas(dense, cfg.data.input_size)
+    graph = build_pruning_graph(dense, tuple(cfg.data.input_size))
+    zeroed = 0
+    with torch.no_grad():
+        for name in names:
+            bn = graph.module(name)
+            half = bn.weight.numel() // 2
+            bn.weight[:half] = 0
+            bn.bias[:half] = 0
+            zeroed += half
+    save_checkpoint(tmp_path / "dense.pt", dense, cfg, stage="dense")
+    record = run_prune(cfg, tmp_path / "dense.pt", method="slimming", budget="params=0.1", out=tmp_path / "run",
+                       evaluate_test=False)
+    dead = record["diagnostic"]["dead_kept"]
+    assert 0 < dead["dead"] < zeroed and dead["channels"] < sum(v.numel() for v in names.values())
+    assert record["diagnostic"]["slim"]["loss"] == pytest.approx(0, abs=1e-6)  # what slimming removed was dead too
+    assert f"{dead['dead']} of the slim model's {dead['channels']} channels are dead" in capsys.readouterr().out
 
 
 def test_zeroing_every_gamma_is_a_one_line_error():

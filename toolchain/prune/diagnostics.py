@@ -26,6 +26,22 @@ def prunable_gammas(model: nn.Module, input_size) -> dict[str, torch.Tensor]:
     return {name: graph.module(name).weight.detach().abs().float().flatten().cpu() for name in graph.bn_names()}
 
 
+def dead_channels(model: nn.Module, input_size) -> dict:
+    """Prunable BN channels whose output is identically zero (gamma and beta exactly 0, as the paired proximal step
+    leaves them): in a slim model they are channels a larger budget would have removed at no cost."""
+    from toolchain.prune.groups import build_pruning_graph
+
+    graph = build_pruning_graph(model, tuple(input_size))
+    n = dead = 0
+    for name in graph.bn_names():
+        bn = graph.module(name)
+        zero = bn.weight.detach() == 0
+        if bn.bias is not None:
+            zero &= bn.bias.detach() == 0
+        n, dead = n + zero.numel(), dead + int(zero.sum())
+    return {"channels": n, "dead": dead}
+
+
 def gamma_stats(gammas: dict[str, torch.Tensor], rel_threshold: float = REL_THRESHOLD) -> dict:
     """Summary of |gamma| over all layers (and per layer): exact zeros, fraction below rel_threshold x the
     global max, quantiles."""
@@ -96,9 +112,10 @@ def slim_loss(before: Optional[float], after: Optional[float], higher_is_better:
 def slim_diagnostic(stats: dict, *, metric: str, higher_is_better: bool, val_dense: Optional[float],
                     val_after_sparsity: Optional[float], val_after_slim: Optional[float],
                     val_after_recovery: Optional[float] = None, histogram: Optional[str] = None,
-                    sparsity: Optional[dict] = None) -> dict:
+                    sparsity: Optional[dict] = None, dead_kept: Optional[dict] = None) -> dict:
     """The record's `diagnostic` block. `sparsity` describes the phase (method, mode, lam) or None when the
-    method has none (then the gammas are the dense model's and 'before slimming' is the dense metric)."""
+    method has none (then the gammas are the dense model's and 'before slimming' is the dense metric).
+    `dead_kept` is `dead_channels` of the slim model."""
     before = val_after_sparsity if val_after_sparsity is not None else val_dense
     return {"gammas": {k: v for k, v in stats.items() if k != "per_layer"}, "gammas_per_layer": stats.get("per_layer", {}),
             "gammas_after": "sparsity" if sparsity else "dense (no sparsity phase)",
@@ -106,7 +123,7 @@ def slim_diagnostic(stats: dict, *, metric: str, higher_is_better: bool, val_den
             "metric": metric, "higher_is_better": higher_is_better, "val_dense": val_dense,
             "val_after_sparsity": val_after_sparsity, "val_after_slim": val_after_slim,
             "val_after_recovery": val_after_recovery, "slim": slim_loss(before, val_after_slim, higher_is_better),
-            "histogram": histogram}
+            "histogram": histogram, "dead_kept": dead_kept}
 
 
 def format_diagnostic(diag: dict, method: str) -> str:
@@ -130,4 +147,8 @@ def format_diagnostic(diag: dict, method: str) -> str:
             f"-> after slimming, before recovery {f(diag['val_after_slim'])}{lost}")
     if diag.get("val_after_recovery") is not None:
         vals += f" -> after recovery {f(diag['val_after_recovery'])}"
+    dead = diag.get("dead_kept") or {}
+    if dead.get("dead"):
+        vals += (f"; {dead['dead']} of the slim model's {dead['channels']} channels are dead (gamma = beta = 0): "
+                 "a larger budget removes them at no cost")
     return head + gam + vals

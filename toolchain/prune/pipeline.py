@@ -274,8 +274,8 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
         write_json(records / "sparsity.json", sparsity_record)
 
     model = model.cpu()
-    from toolchain.prune.diagnostics import format_diagnostic, gamma_stats, prunable_gammas, slim_diagnostic, \
-        write_gamma_histogram
+    from toolchain.prune.diagnostics import dead_channels, format_diagnostic, gamma_stats, prunable_gammas, \
+        slim_diagnostic, write_gamma_histogram
 
     gammas = prunable_gammas(model, cfg.data.input_size)  # what selection ranks (diagnostic, issue 12)
     slim, plan, select_record, slim_record = select_and_slim(cfg, model, m, b)
@@ -294,7 +294,8 @@ def run_prune(cfg, checkpoint: str | Path, *, method: Optional[str] = None, budg
     diagnostic = slim_diagnostic(
         gamma_stats(gammas), metric=metric_name, higher_is_better=higher, val_dense=dense_val,
         val_after_sparsity=sparsity_record["val_after"] if sparsity_record else None, val_after_slim=slim_record["val"],
-        histogram=histogram.name if histogram else None, sparsity=strengths or None)
+        histogram=histogram.name if histogram else None, sparsity=strengths or None,
+        dead_kept=dead_channels(slim, cfg.data.input_size))
     print(format_diagnostic(diagnostic, m.name), flush=True)
 
     recovered, recover_record = recover_and_save(cfg, slim, plan, teacher, run_dir, recover_method, metric_name)
