@@ -184,7 +184,8 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
         grid = exp.get("depgraph_lams", DEPGRAPH_LAMS) if method == "depgraph" else exp["lams"]
         if dry:
             return lambda: ["--lams", grid]
-        return lambda: ["--lams", ",".join(v for v in grid.split(",") if float(v) not in diverged_lams(p["sweep"](method), method))]
+        return lambda: ["--lams", ",".join(v for v in grid.split(",")
+                                           if float(v) not in diverged_lams(p["sweep"](method), method))]
 
     def changed(method, budget, extra):  # the command's extra arguments, or None where the lambda did not change
         def more():
@@ -192,9 +193,9 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
             return None if here == there else extra(here)
         return more
 
-    sweeps = [([PY, "benchmarks/lambda_sweep.py", exp["config"], *run_opts(exp, runs), "--checkpoint", p["dense"], "--budget", b,
-                "--methods", m, "--dataset", label, "--results", str(Path(sweep(m, b)).parent)], lams(m))
-              for b in others for m in methods]
+    sweep_base = [PY, "benchmarks/lambda_sweep.py", exp["config"], *run_opts(exp, runs), "--checkpoint", p["dense"]]
+    sweeps = [(sweep_base + ["--budget", b, "--methods", m, "--dataset", label,
+                             "--results", str(Path(sweep(m, b)).parent)], lams(m)) for b in others for m in methods]
 
     def comp(method, seed, budget):
         return [PY, "benchmarks/compression.py", exp["config"], *run_opts(exp, pb_runs), "--checkpoint", p["dense"],
@@ -205,10 +206,10 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
              for s in SEEDS for m in methods for b in others]
     scratch = [(comp("scratch-plan", s, b), changed("acsl", b, lambda v: [])) for s in SEEDS for b in others]
     dataset = f"{label}_lam-per-budget"
-    merge = [[PY, "benchmarks/lambda_sweep.py", exp["config"], *run_opts(exp, runs), "--checkpoint", p["dense"], "--budget", b,
-              "--dataset", f"{label}_{parse_tag(b)}", "--results", RESULTS] + sum((["--merge", sweep(m, b)] for m in methods), [])
-             for b in others]
-    base = [PY, "benchmarks/compression.py", exp["config"], *run_opts(exp, runs), "--dataset", dataset, "--results", RESULTS]
+    merge = [sweep_base + ["--budget", b, "--dataset", f"{label}_{parse_tag(b)}", "--results", RESULTS]
+             + sum((["--merge", sweep(m, b)] for m in methods), []) for b in others]
+    base = [PY, "benchmarks/compression.py", exp["config"], *run_opts(exp, runs), "--dataset", dataset,
+            "--results", RESULTS]
     own = [res(f"{m}_s{s}", b) for s in SEEDS for m in methods + ("scratch-plan",) for b in others]
     merge += [(base + ["--merge", f], (lambda f=f: [] if exists(f) else None)) for f in own]  # first: they win
     names = [f"{m}_s{s}" for s in SEEDS for m in methods + ("scratch-plan",)] + ["modelopt-fastnas_s0"]
