@@ -6,9 +6,8 @@ lambda does the val split choose, per method?
         --methods acsl,slimming --lams 1e-3,1e-2,1e-1 [--results benchmarks/results] [--dataset shanghaitech_b]
 
 For every (method, lambda) it runs the whole `acsl prune` flow (sparsity -> select -> slim -> recover) with
-prune.sparsity.lam = lambda, in its own run folder (`<out_dir>/<name>/lam_sweep/<method>_lam<lambda>_<budget tag>/`; the sparsity phase
-is cached across budgets), and
-records how far the gammas moved (median |gamma| before/after, fraction below 1e-2 of the largest), the val
+prune.sparsity.lam = lambda, in its own run folder (`<out_dir>/<name>/lam_sweep/<method>_lam<lambda>_<budget tag>/`;
+the sparsity phase is cached across budgets), and records how far the gammas moved (median |gamma| before/after, fraction below 1e-2 of the largest), the val
 metric after sparsity learning, right after slimming (before recovery) and after recovery, and the test
 metric. The lambda per method is chosen on val after recovery; test is reported, never used to choose.
 Each run is written to `<results>/lambda_sweep_<dataset>_<model>.json` as it completes (resumable), with a

@@ -77,14 +77,24 @@ def paths(exp: dict) -> dict:
             "distill": f"{RUNS}/{label}/res_distill/compression_{label}_distill_{model}.json"}
 
 
-def chosen_lambda(sweep_json: str | Path, method: str) -> float:
-    """The lambda the val split chose for `method` in a finished sweep."""
+def read_sweep(sweep_json: str | Path, method: str) -> dict:
+    """A finished sweep of `method` (paths relative to the repository), or a one-line exit saying to run it."""
     path = Path(sweep_json)
     if not path.is_absolute():
         path = REPO / path
     if not path.is_file():
         raise SystemExit(f"protocol: {sweep_json} not found; run the lambda sweep of {method} first")
-    chosen = json.loads(path.read_text()).get("chosen_on_val") or {}
+    return json.loads(path.read_text())
+
+
+def middle_budget(exp: dict) -> str:
+    """The budget the main protocol sweeps lambda at."""
+    return exp["budgets"][len(exp["budgets"]) // 2]
+
+
+def chosen_lambda(sweep_json: str | Path, method: str) -> float:
+    """The lambda the val split chose for `method` in a finished sweep."""
+    chosen = read_sweep(sweep_json, method).get("chosen_on_val") or {}
     if method not in chosen:
         raise SystemExit(f"protocol: {sweep_json} chose no lambda for {method} (every run failed?)")
     return float(chosen[method])
@@ -104,7 +114,7 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     runs = exp.get("out_dir", RUNS)
 
     base = run_opts(exp, runs)
-    mid = exp["budgets"][len(exp["budgets"]) // 2]
+    mid = middle_budget(exp)
     out = [("dense", [[PY, "benchmarks/dense.py", exp["config"], "--profile", "quick", "--label", "plateau",
                        "--set", f"train.epochs={exp['epochs']}"]])]
     sweeps = []
@@ -151,10 +161,7 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
 
 def diverged_lams(sweep_json: str | Path, method: str) -> set[float]:
     """The lambdas whose sparsity phase diverged in a finished sweep (the phase does not depend on the budget)."""
-    path = Path(sweep_json) if Path(sweep_json).is_absolute() else REPO / sweep_json
-    if not path.is_file():
-        raise SystemExit(f"protocol: {sweep_json} not found; run the lambda sweep of {method} first")
-    return {float(r["lam"]) for r in json.loads(path.read_text())["runs"]
+    return {float(r["lam"]) for r in read_sweep(sweep_json, method)["runs"]
             if r.get("method") == method and "diverged" in (r.get("error") or "")}
 
 
@@ -168,15 +175,18 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
     and the plans scratch-plan read are kept), and scratch-plan follows ACSL's changed plans. Everything is merged
     into compression_<label>_lam-per-budget_<model>.json, where the middle-lambda runs fill the unchanged cells.
     `dry` prints every command without reading any sweep."""
+    sys.path.insert(0, str(REPO))
+    from toolchain.prune.select import parse_budget
+
     exp = EXPERIMENTS[name]
     p = paths(exp)
     label, runs = exp["label"], exp.get("out_dir", RUNS)
-    mid = exp["budgets"][len(exp["budgets"]) // 2]
-    others = [b for b in exp["budgets"] if b != mid]
+    others = [b for b in exp["budgets"] if b != middle_budget(exp)]
+    tag = lambda b: parse_budget(b).tag()  # noqa: E731  the run-folder tag, e.g. params0.5
     pb_runs = f"{runs}/lam_per_budget"
     methods = GAMMA_METHODS + ("depgraph",)
-    sweep = lambda m, b: f"{RUNS}/{label}/sweep_{m}_{parse_tag(b)}/lambda_sweep_{label}_{exp['model']}.json"  # noqa: E731
-    res = lambda n, b: f"{RUNS}/{label}/res_{n}_{parse_tag(b)}/compression_{label}_{exp['model']}.json"  # noqa: E731
+    sweep = lambda m, b: f"{RUNS}/{label}/sweep_{m}_{tag(b)}/lambda_sweep_{label}_{exp['model']}.json"  # noqa: E731
+    res = lambda n, b: f"{RUNS}/{label}/res_{n}_{tag(b)}/compression_{label}_{exp['model']}.json"  # noqa: E731
     lam = (lambda f, m: float("nan")) if dry else chosen_lambda
     exists = (lambda f: True) if dry else (lambda f: (REPO / f).is_file())
 
@@ -206,7 +216,7 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
              for s in SEEDS for m in methods for b in others]
     scratch = [(comp("scratch-plan", s, b), changed("acsl", b, lambda v: [])) for s in SEEDS for b in others]
     dataset = f"{label}_lam-per-budget"
-    merge = [sweep_base + ["--budget", b, "--dataset", f"{label}_{parse_tag(b)}", "--results", RESULTS]
+    merge = [sweep_base + ["--budget", b, "--dataset", f"{label}_{tag(b)}", "--results", RESULTS]
              + sum((["--merge", sweep(m, b)] for m in methods), []) for b in others]
     base = [PY, "benchmarks/compression.py", exp["config"], *run_opts(exp, runs), "--dataset", dataset,
             "--results", RESULTS]
@@ -216,12 +226,6 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
     merge += [base + ["--merge", p["runs"](n)] for n in names]
     return [("lambda at the other budgets", sweeps), ("seeds where a budget's lambda changed", seeds),
             ("scratch-plan where ACSL's plan changed", scratch), ("merge the lambda-per-budget table", merge)]
-
-
-def parse_tag(budget: str) -> str:
-    """'params=0.5' -> 'params0.5', the run-folder tag of toolchain.prune.select.Budget."""
-    kind, value = budget.split("=")
-    return f"{kind}{float(value):g}"
 
 
 def render(cmd) -> list[str] | None:
