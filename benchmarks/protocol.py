@@ -21,16 +21,19 @@ middle one (see lam_per_budget_steps): where a budget's lambda changes, its seed
 plans) run again, into compression_<label>_lam-per-budget_<model>.json.
 
 Every step is resumable (rerun the same command after an interruption: finished runs are kept). Run folders go
-under benchmarks/.runs/p12. Each step is a plain command; --dry-run prints them in order, and the ones of a step
-are independent of each other (run them in parallel with 1 thread each on a small machine).
+under benchmarks/.runs/p12. Each step is a plain command; --dry-run prints them in order. `--jobs N` runs N commands
+at a time (1 thread each), every command as soon as the steps it needs have finished (NEEDS: e.g. ModelOpt needs
+only the dense model, scratch-plan needs the seeds), each with its own log under benchmarks/.runs/p12/logs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +66,11 @@ EXPERIMENTS = {
                  "lams": "1,1.5,2,3", "depgraph_lams": "1e-4,1e-3", "sparsity_epochs": 30,
                  "out_dir": f"{RUNS}/long"},
 }
+# The earlier steps a step's commands wait for under --jobs; a step not named here waits for every earlier one, and a
+# merge step runs its commands one at a time, in order (a budget's own runs merge first and win).
+NEEDS = {"lambda per method": ("dense",), "seeds": ("lambda per method",),
+         "scratch-plan (needs ACSL's plans)": ("seeds",), "modelopt, one seed": ("dense",),
+         "distillation vs fine-tuning": ("lambda per method",)}
 GAMMA_METHODS = ("acsl", "cap", "slimming")
 DEPGRAPH_LAMS = "1e-4,1e-3,1e-2"  # Torch-Pruning's group-norm regulariser strength (its default is 1e-4)
 SEEDS = (0, 1, 2)
@@ -116,7 +124,7 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     base = run_opts(exp, runs)
     mid = middle_budget(exp)
     out = [("dense", [[PY, "benchmarks/dense.py", exp["config"], "--profile", "quick", "--label", "plateau",
-                       "--set", f"train.epochs={exp['epochs']}"]])]
+                       "--set", f"train.epochs={exp['epochs']}", "--set", "train.threads=1"]])]
     sweeps = []
     for method in GAMMA_METHODS + ("depgraph",):
         lams = exp.get("depgraph_lams", DEPGRAPH_LAMS) if method == "depgraph" else exp["lams"]
@@ -238,17 +246,101 @@ def render(cmd) -> list[str] | None:
     return cmd
 
 
+def describe(cmd: list[str]) -> str:
+    """A command in a few words for progress lines: script, method(s), seed(s), budget(s)."""
+    words = [Path(cmd[1]).stem]
+    for flag in ("--methods", "--seeds", "--budgets", "--budget", "--merge"):
+        if flag in cmd:
+            words.append(f"{flag[2:]} {cmd[cmd.index(flag) + 1]}")
+    return ", ".join(words)
+
+
+def run_parallel(plan: list[tuple[str, list]], jobs: int, log_dir: Path, poll_s: float = 2.0) -> int:
+    """Run a plan's commands `jobs` at a time with 1 thread each (OMP_NUM_THREADS=1, OMP_WAIT_POLICY=PASSIVE).
+
+    A command starts once every step it needs (NEEDS, else every earlier step) has finished, so independent steps
+    overlap; its lazily read arguments (a chosen lambda) are filled in at that moment. Each command writes its own
+    log in `log_dir`; a progress line is printed as each one starts and ends. After a failure nothing new starts,
+    the running commands finish, and the exit code is the failed one's (rerun: finished runs are kept)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    titles = [title for title, _ in plan]
+    left = {title: len(cmds) for title, cmds in plan}
+    queue = [(n, title, cmd) for n, (title, cmd) in enumerate((t, c) for t, cmds in plan for c in cmds)]
+    total, done, failed = len(queue), 0, 0
+    running: dict = {}  # Popen -> (title, words, log file, start time)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+
+    def ready(title):
+        needs = NEEDS.get(title, titles[:titles.index(title)])
+        busy = title.startswith("merge") and any(t == title for t, *_ in running.values())
+        return not busy and all(left.get(n, 0) == 0 for n in needs)
+
+    while queue or running:
+        while not failed and len(running) < jobs:
+            item = next((q for q in queue if ready(q[1])), None)
+            if item is None:
+                break
+            queue.remove(item)
+            n, title, cmd = item
+            try:
+                cmd = render(cmd)
+            except SystemExit as e:  # a sweep it reads failed or is missing
+                print(f"[protocol] {title}: {e}", file=sys.stderr, flush=True)
+                failed = 2
+                break
+            if cmd is None:
+                left[title] -= 1
+                done += 1
+                continue
+            words = describe(cmd)
+            log = log_dir / f"{n:03d}_{Path(cmd[1]).stem}.log"
+            cmd = [sys.executable if a == PY else a for a in cmd]
+            with open(log, "w") as fh:
+                fh.write("$ " + " ".join(shlex.quote(a) for a in cmd) + "\n")
+                fh.flush()
+                proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            running[proc] = (title, words, log, time.monotonic())
+            print(f"[protocol] start  {title}: {words} (log {log})", flush=True)
+        for proc in [p for p in running if p.poll() is not None]:
+            title, words, log, t0 = running.pop(proc)
+            left[title] -= 1
+            done += 1
+            mins = (time.monotonic() - t0) / 60
+            state = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {log})"
+            print(f"[protocol] {done}/{total} {state}  {title}: {words}, {mins:.1f} min", flush=True)
+            if proc.returncode and not failed:
+                failed = proc.returncode
+        if failed and not running:
+            break
+        if not running and queue and not any(ready(q[1]) for q in queue):
+            raise RuntimeError(f"protocol: no step of {sorted({q[1] for q in queue})} can start (NEEDS names a later step?)")
+        if running:
+            time.sleep(poll_s)
+    if failed:
+        print("protocol: a command failed; fix it and rerun the same command: finished runs are kept",
+              file=sys.stderr)
+    return failed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--lam-per-budget", action="store_true",
                     help="after the protocol: a lambda chosen on val at every budget, not only the middle one")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run N commands at a time, 1 thread each, as their steps' inputs become ready (default 1)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.lam_per_budget:
         plan = lam_per_budget_steps(args.experiment, dry=args.dry_run)
     else:
         plan = steps(args.experiment, lam=(lambda f, m: float("nan")) if args.dry_run else chosen_lambda)
+    if args.jobs > 1 and not args.dry_run:
+        exp = EXPERIMENTS[args.experiment]
+        kind = "lam_per_budget" if args.lam_per_budget else "main"
+        return run_parallel(plan, args.jobs, REPO / RUNS / "logs" / f"{exp['label']}_{kind}")
     for title, commands in plan:
         print(f"# {title}", flush=True)
         for cmd in commands:

@@ -2,6 +2,7 @@
 own val sweep; and the merges that gather parallel runs into one table."""
 import json
 import shlex
+import time
 
 import pytest
 from conftest import REPO, load_benchmark
@@ -139,3 +140,64 @@ def test_lambda_per_budget_runs_only_where_the_lambda_changed(tmp_path, monkeypa
     merges = [c for c in map(protocol.render, steps["merge the lambda-per-budget table"]) if c and "compression.py" in c[1]]
     assert merges[0][merges[0].index("--merge") + 1] == str(done)  # the runs that did not happen are not merged
     assert not any("_params0." in c[c.index("--merge") + 1] for c in merges[1:])
+
+
+def _stamp(name, seconds=0.0, code=0):
+    """A command that sleeps, appends '<name> <start> <end> <OMP_NUM_THREADS>' to the file in $STAMPS, and exits."""
+    body = ("import os, sys, time; t = time.time(); time.sleep(%r); "
+            "open(os.environ['STAMPS'], 'a').write('%s %%f %%f %%s\\n' %% (t, time.time(), os.environ['OMP_NUM_THREADS'])); "
+            "sys.exit(%d)") % (seconds, name, code)
+    return [protocol.PY, "-c", body]
+
+
+def _stamps(path):
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return {r[0]: (float(r[1]), float(r[2]), r[3]) for r in rows}
+
+
+def test_jobs_overlap_independent_steps_and_keep_dependencies(tmp_path, monkeypatch):
+    """--jobs: ModelOpt (needs only dense) runs beside the sweeps; seeds wait for every sweep and read the lambda
+    only then; scratch-plan waits for the seeds; a merge step runs one command at a time, in order."""
+    stamps = tmp_path / "stamps.txt"
+    monkeypatch.setenv("STAMPS", str(stamps))
+    read_at = {}
+
+    def lazy():
+        read_at["seeds"] = time.time()
+        return []
+
+    plan = [("dense", [_stamp("dense", 0.2)]),
+            ("lambda per method", [_stamp("sweep_a", 1.0), _stamp("sweep_b", 1.0)]),
+            ("seeds", [(_stamp("seed_a", 0.2), lazy)]),
+            ("scratch-plan (needs ACSL's plans)", [_stamp("scratch", 0.1)]),
+            ("modelopt, one seed", [_stamp("modelopt", 0.3)]),
+            ("merge into benchmarks/results", [_stamp("merge1", 0.3), _stamp("merge2", 0.0)])]
+    assert protocol.run_parallel(plan, jobs=3, log_dir=tmp_path / "logs", poll_s=0.05) == 0
+    s = _stamps(stamps)
+    assert set(s) == {"dense", "sweep_a", "sweep_b", "seed_a", "scratch", "modelopt", "merge1", "merge2"}
+    assert all(v[2] == "1" for v in s.values())                       # 1 thread each
+    assert s["sweep_a"][0] >= s["dense"][1] and s["modelopt"][0] >= s["dense"][1]
+    assert s["modelopt"][0] < s["sweep_a"][1]                         # overlapped with the sweeps
+    assert read_at["seeds"] >= max(s["sweep_a"][1], s["sweep_b"][1])  # the lambda is read once the sweeps are done
+    assert s["scratch"][0] >= s["seed_a"][1]
+    assert s["merge2"][0] >= s["merge1"][1] >= s["merge1"][0] >= max(v[1] for k, v in s.items() if "merge" not in k)
+    logs = sorted((tmp_path / "logs").glob("*.log"))
+    assert len(logs) == 8 and logs[0].read_text().startswith("$ ")
+
+
+def test_jobs_stop_starting_after_a_failure(tmp_path, monkeypatch, capsys):
+    stamps = tmp_path / "stamps.txt"
+    monkeypatch.setenv("STAMPS", str(stamps))
+    plan = [("dense", [_stamp("dense")]),
+            ("lambda per method", [_stamp("bad", 0.0, code=3), _stamp("slow", 0.5)]),
+            ("seeds", [_stamp("never")])]
+    assert protocol.run_parallel(plan, jobs=2, log_dir=tmp_path / "logs", poll_s=0.05) == 3
+    assert set(_stamps(stamps)) == {"dense", "bad", "slow"}  # the running one finished, nothing after it started
+    err = capsys.readouterr()
+    assert "FAILED (exit 3" in err.out and "rerun the same command" in err.err
+
+
+def test_jobs_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        protocol.main(["shb", "--jobs", "0"])
+    assert "--jobs must be at least 1" in capsys.readouterr().err
