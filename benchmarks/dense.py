@@ -75,12 +75,45 @@ def plot_curve(history: list, metric: str, title: str, path: Path, plateau: dict
     save_png(fig, path, dpi=110)
 
 
+def tail_mean(result: dict) -> float:
+    """Mean val metric over the last PLATEAU_FRACTION of the epochs: less noisy than the best epoch."""
+    values = [h["val"][result["metric"]] for h in result["history"] if h.get("val")]
+    n = max(1, round(PLATEAU_FRACTION * len(values)))
+    return sum(values[-n:]) / n
+
+
+def schedule_rows(results: list[dict]) -> list[str]:
+    """What a longer schedule gained over the next shorter run of the same dataset, model and width.
+
+    Under an annealing schedule (cosine, poly) the last epochs run at a small learning rate and usually still gain:
+    the last-20% rule then measures the annealing, not whether the model needed more epochs. Comparing two schedule
+    lengths answers that. Gains are in the metric's good direction (positive = the longer run is better)."""
+    groups: dict = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["model"], r["width"]), []).append(r)
+    rows = []
+    for (dataset, model, width), runs in sorted(groups.items()):
+        runs = sorted(runs, key=lambda r: r["epochs"])
+        for short, long in zip(runs, runs[1:]):
+            if long["epochs"] == short["epochs"]:
+                continue
+            sign = 1.0 if long["higher_is_better"] else -1.0
+            gains = [sign * (long["val"] - short["val"]), sign * (tail_mean(long) - tail_mean(short)),
+                     sign * (long["test"] - short["test"])]
+            rows.append(f"| {dataset} | {model} (width {width}) | {long['metric']} | {short['epochs']} -> {long['epochs']} | "
+                        + " | ".join(f"{g:+.2f}" for g in gains) + " |")
+    return rows
+
+
 def write_table() -> None:
     rows = []
+    results = []
     for f in sorted(RESULTS.glob("dense_*.json")):
         r = read_json(f)
+        results.append(r)
         p = r.get("plateau") or plateau_check(r["history"], r["metric"], r["higher_is_better"])
-        verdict = f"{p['gain']:+.2f} ({'yes' if p['plateau'] else 'no'}; val std {p['window_val_std']:.2f})"
+        std = "n/a" if p["window_val_std"] is None else f"{p['window_val_std']:.2f}"  # a 1-epoch window has none
+        verdict = f"{p['gain']:+.2f} ({'yes' if p['plateau'] else 'no'}; val std {std})"
         rows.append(f"| {r['dataset']} | {r['model']} (width {r['width']}) | {r['input_size'][0]}x{r['input_size'][1]} | "
                     f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['metric']} | {r['val']:.2f} | {r['test']:.2f} | "
                     f"{r['epochs']} | {verdict} | {r['train_images_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
@@ -94,6 +127,14 @@ def write_table() -> None:
               "", "| dataset | model | input | params (M) | GMACs | metric | val | test | epochs | last-20% gain (plateau) | "
               "train img/s | wall (min) | curve |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    longer = schedule_rows(results)
+    if longer:
+        rows += ["", "A longer schedule against the next shorter run of the same model (positive = the longer run is "
+                 "better; best val is the checkpoint kept, last-20% mean val the less noisy tail; under an annealing "
+                 "schedule the last 20% of a run gains from the small learning rate, so this is the check of whether "
+                 "more epochs help):", "",
+                 "| dataset | model | metric | epochs | best val gain | last-20% mean val gain | test gain |",
+                 "| --- | --- | --- | --- | --- | --- | --- |", *longer]
     text = "\n".join(header + rows) + "\n"
     readme = RESULTS / "README.md"
     other = ""

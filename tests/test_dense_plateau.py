@@ -59,3 +59,25 @@ def test_redraw_recomputes_every_result(tmp_path, monkeypatch):
     assert "| +3.00 (no; val std 1.41) |" in (tmp_path / "README.md").read_text()
     with pytest.raises(SystemExit):
         dense.main([])
+
+
+def test_table_compares_each_run_with_the_next_shorter_schedule(tmp_path, monkeypatch):
+    """A longer schedule that only adds noise shows as no gain (MAE: lower is better, gains are signed so that
+    positive means the longer run is better); runs of another model are not compared."""
+    import json
+
+    monkeypatch.setattr(dense, "RESULTS", tmp_path)
+
+    def rec(epochs, vals, test, model="csrnet"):
+        return {"dataset": "syn", "model": model, "width": 0.125, "input_size": [32, 32], "params": 1000,
+                "macs": 10**9, "metric": "mae", "higher_is_better": False, "val": min(vals), "test": test,
+                "epochs": epochs, "train_images_per_s": 10.0, "wall_s": 60.0, "history": _hist(vals, "mae")}
+    runs = {"a": rec(5, [50, 40, 30, 26, 24], 22.0), "b": rec(10, [50, 40, 30, 26, 24, 25, 23, 26, 27, 25], 23.0),
+            "c": rec(20, [50] * 19 + [10], 5.0, model="other")}
+    for name, r in runs.items():
+        (tmp_path / f"dense_{name}.json").write_text(json.dumps(r))
+    assert dense.main(["--redraw"]) == 0
+    table = (tmp_path / "README.md").read_text()
+    # best val 24 -> 23 (+1.00), last-20% mean 24 -> 26 (-2.00), test 22 -> 23 (-1.00)
+    assert "| syn | csrnet (width 0.125) | mae | 5 -> 10 | +1.00 | -2.00 | -1.00 |" in table
+    assert "-> 20 |" not in table
