@@ -246,6 +246,12 @@ def render(cmd) -> list[str] | None:
     return cmd
 
 
+def shell_line(cmd: list[str]) -> tuple[list[str], str]:
+    """A plan command made runnable (PY -> this interpreter) and its quoted line for logs."""
+    cmd = [sys.executable if a == PY else a for a in cmd]
+    return cmd, "$ " + " ".join(shlex.quote(a) for a in cmd)
+
+
 def describe(cmd: list[str]) -> str:
     """A command in a few words for progress lines: script, method(s), seed(s), budget(s)."""
     words = [Path(cmd[1]).stem]
@@ -265,7 +271,7 @@ def run_parallel(plan: list[tuple[str, list]], jobs: int, log_dir: Path, poll_s:
     log_dir.mkdir(parents=True, exist_ok=True)
     titles = [title for title, _ in plan]
     left = {title: len(cmds) for title, cmds in plan}
-    queue = [(n, title, cmd) for n, (title, cmd) in enumerate((t, c) for t, cmds in plan for c in cmds)]
+    queue = [(n, *item) for n, item in enumerate((t, c) for t, cmds in plan for c in cmds)]
     total, done, failed = len(queue), 0, 0
     running: dict = {}  # Popen -> (title, words, log file, start time)
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
@@ -294,9 +300,9 @@ def run_parallel(plan: list[tuple[str, list]], jobs: int, log_dir: Path, poll_s:
                 continue
             words = describe(cmd)
             log = log_dir / f"{n:03d}_{Path(cmd[1]).stem}.log"
-            cmd = [sys.executable if a == PY else a for a in cmd]
+            cmd, line = shell_line(cmd)
             with open(log, "w") as fh:
-                fh.write("$ " + " ".join(shlex.quote(a) for a in cmd) + "\n")
+                fh.write(line + "\n")
                 fh.flush()
                 proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
             running[proc] = (title, words, log, time.monotonic())
@@ -352,8 +358,8 @@ def main(argv=None) -> int:
                 line = " ".join(shlex.quote(a) for a in cmd)
                 print(line.replace("prune.sparsity.lam=nan", "prune.sparsity.lam=CHOSEN_ON_VAL"))
                 continue
-            cmd = [sys.executable if a == PY else a for a in cmd]
-            print("$ " + " ".join(shlex.quote(a) for a in cmd), flush=True)
+            cmd, line = shell_line(cmd)
+            print(line, flush=True)
             code = subprocess.call(cmd, cwd=REPO)
             if code:
                 print(f"protocol: step '{title}' failed (exit {code}); fix it and rerun: finished runs are kept",
