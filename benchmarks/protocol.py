@@ -11,7 +11,8 @@ lambda <= 1.5) and shb-long (ShanghaiTech B, a 30-epoch phase, lambda <= 3), eac
 2. lambda per method, on val: `benchmarks/lambda_sweep.py` at the middle budget, one process per method (each
    with its own --results), merged into benchmarks/results/lambda_sweep_<label>_<model>.json;
 3. seeds: `benchmarks/compression.py` per method and seed at the method's chosen lambda, DepGraph at its own,
-   scratch-plan (ACSL's plan, random init) for dense + sparsity + recovery epochs, ModelOpt FastNAS on one seed;
+   scratch-plan (ACSL's plan, random init) for dense + sparsity + recovery epochs, ModelOpt FastNAS (3 seeds too:
+   it needs only the dense model and is cheap, and on CIFAR it leads);
 4. recovery: ACSL with distillation instead of fine-tuning at the most aggressive budget;
 5. merge: every run into benchmarks/results/compression_<label>_<model>.json (+ .md, .png) and the distillation
    check into compression_<label>_distill_<model>.json.
@@ -24,6 +25,7 @@ Every step is resumable (rerun the same command after an interruption: finished 
 under benchmarks/.runs/p12. Each step is a plain command; --dry-run prints them in order. `--jobs N` runs N commands
 at a time (1 thread each), every command as soon as the steps it needs have finished (NEEDS: e.g. ModelOpt needs
 only the dense model, scratch-plan needs the seeds), each with its own log under benchmarks/.runs/p12/logs.
+`--merge-only` merges just the runs finished so far (tables while the rest runs, or after a run cut short).
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ EXPERIMENTS = {
 # The earlier steps a step's commands wait for under --jobs; a step not named here waits for every earlier one, and a
 # merge step runs its commands one at a time, in order (a budget's own runs merge first and win).
 NEEDS = {"lambda per method": ("dense",), "seeds": ("lambda per method",),
-         "scratch-plan (needs ACSL's plans)": ("seeds",), "modelopt, one seed": ("dense",),
+         "scratch-plan (needs ACSL's plans)": ("seeds",), "modelopt": ("dense",),
          "distillation vs fine-tuning": ("lambda per method",)}
 GAMMA_METHODS = ("acsl", "cap", "slimming")
 DEPGRAPH_LAMS = "1e-4,1e-3,1e-2"  # Torch-Pruning's group-norm regulariser strength (its default is 1e-4)
@@ -148,7 +150,8 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     out.append(("seeds", seeds))
     out.append(("scratch-plan (needs ACSL's plans)",
                 [comp("scratch-plan", str(s), str(Path(p["runs"](f"scratch-plan_s{s}")).parent)) for s in SEEDS]))
-    out.append(("modelopt, one seed", [comp("modelopt-fastnas", "0", str(Path(p["runs"]("modelopt-fastnas_s0")).parent))]))
+    out.append(("modelopt", [comp("modelopt-fastnas", str(s), str(Path(p["runs"](f"modelopt-fastnas_s{s}")).parent))
+                             for s in SEEDS]))
     distill = comp("acsl", ",".join(map(str, SEEDS)), str(Path(p["distill"]).parent),
                    ("--set", "prune.recover.method=distill"), budgets=[exp["budgets"][-1]],
                    out_dir=f"{runs}/kd", dataset=f"{exp['label']}_distill")  # own run folders: finetune's are kept
@@ -157,7 +160,7 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     sweep_files = [p["sweep"](m) for m in GAMMA_METHODS + ("depgraph",)]
     merge.append([PY, "benchmarks/lambda_sweep.py", exp["config"], *base, "--checkpoint", p["dense"], "--budget", mid,
                   "--dataset", exp["label"], "--results", RESULTS] + sum((["--merge", f] for f in sweep_files), []))
-    names = [f"{m}_s{s}" for s in SEEDS for m in GAMMA_METHODS + ("depgraph", "scratch-plan")] + ["modelopt-fastnas_s0"]
+    names = [f"{m}_s{s}" for s in SEEDS for m in GAMMA_METHODS + ("depgraph", "scratch-plan", "modelopt-fastnas")]
     for n in names:
         merge.append([PY, "benchmarks/compression.py", exp["config"], *base, "--dataset", exp["label"],
                       "--results", RESULTS, "--merge", p["runs"](n)])
@@ -230,7 +233,7 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
             "--results", RESULTS]
     own = [res(f"{m}_s{s}", b) for s in SEEDS for m in methods + ("scratch-plan",) for b in others]
     merge += [(base + ["--merge", f], (lambda f=f: [] if exists(f) else None)) for f in own]  # first: they win
-    names = [f"{m}_s{s}" for s in SEEDS for m in methods + ("scratch-plan",)] + ["modelopt-fastnas_s0"]
+    names = [f"{m}_s{s}" for s in SEEDS for m in methods + ("scratch-plan", "modelopt-fastnas")]
     merge += [base + ["--merge", p["runs"](n)] for n in names]
     return [("lambda at the other budgets", sweeps), ("seeds where a budget's lambda changed", seeds),
             ("scratch-plan where ACSL's plan changed", scratch), ("merge the lambda-per-budget table", merge)]
@@ -244,6 +247,31 @@ def render(cmd) -> list[str] | None:
         more = extra()
         return None if more is None else base + more
     return cmd
+
+
+def finished_only(plan: list[tuple[str, list]]) -> list[tuple[str, list]]:
+    """`--merge-only`: the plan's merge steps, each command keeping only the --merge files that exist (the runs
+    finished so far), so the tables show what is done while the rest still runs or after a run cut short. Merging
+    again later is safe: a merge adds only the runs (method, budget, seed) the table lacks. A command none of whose
+    files exists renders as None (skipped)."""
+    def keep(cmd):
+        def extra():
+            full = render(cmd)
+            if full is None:
+                return None
+            out, have, i = [], False, 0
+            while i < len(full):
+                if full[i] == "--merge":
+                    if (REPO / full[i + 1]).is_file():
+                        out += full[i:i + 2]
+                        have = True
+                    i += 2
+                else:
+                    out.append(full[i])
+                    i += 1
+            return out if have else None
+        return [], extra
+    return [(title, [keep(c) for c in cmds]) for title, cmds in plan if title.startswith("merge")]
 
 
 def shell_line(cmd: list[str]) -> tuple[list[str], str]:
@@ -334,6 +362,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--lam-per-budget", action="store_true",
                     help="after the protocol: a lambda chosen on val at every budget, not only the middle one")
+    ap.add_argument("--merge-only", action="store_true",
+                    help="only merge the runs finished so far into benchmarks/results (the rest are named as skipped)")
     ap.add_argument("--jobs", type=int, default=1, metavar="N",
                     help="run N commands at a time, 1 thread each, as their steps' inputs become ready (default 1)")
     args = ap.parse_args(argv)
@@ -343,7 +373,10 @@ def main(argv=None) -> int:
         plan = lam_per_budget_steps(args.experiment, dry=args.dry_run)
     else:
         plan = steps(args.experiment, lam=(lambda f, m: float("nan")) if args.dry_run else chosen_lambda)
-    if args.jobs > 1 and not args.dry_run:
+    skipped = "(skipped: this budget's lambda is the middle budget's; its runs fill the cell)"
+    if args.merge_only:
+        plan, skipped = finished_only(plan), "(skipped: none of its runs has finished)"
+    if args.jobs > 1 and not args.dry_run and not args.merge_only:
         exp = EXPERIMENTS[args.experiment]
         kind = "lam_per_budget" if args.lam_per_budget else "main"
         return run_parallel(plan, args.jobs, REPO / RUNS / "logs" / f"{exp['label']}_{kind}")
@@ -352,7 +385,7 @@ def main(argv=None) -> int:
         for cmd in commands:
             cmd = render(cmd)
             if cmd is None:
-                print("(skipped: this budget's lambda is the middle budget's; its runs fill the cell)", flush=True)
+                print(skipped, flush=True)
                 continue
             if args.dry_run:
                 line = " ".join(shlex.quote(a) for a in cmd)

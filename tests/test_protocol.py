@@ -15,7 +15,7 @@ def test_dry_run_lists_every_step_in_order(name, capsys):
     assert protocol.main([name, "--dry-run"]) == 0
     out = capsys.readouterr().out
     titles = [line[2:] for line in out.splitlines() if line.startswith("# ")]
-    assert titles == ["dense", "lambda per method", "seeds", "scratch-plan (needs ACSL's plans)", "modelopt, one seed",
+    assert titles == ["dense", "lambda per method", "seeds", "scratch-plan (needs ACSL's plans)", "modelopt",
                       "distillation vs fine-tuning", "merge into benchmarks/results"]
     exp = protocol.EXPERIMENTS[name]
     assert (REPO / exp["config"]).is_file()
@@ -25,7 +25,7 @@ def test_dry_run_lists_every_step_in_order(name, capsys):
         assert f"train.epochs={exp['epochs']}" in cmd       # one epoch budget: scratch = dense + sparsity + recovery
     distill = [c for c in commands if "prune.recover.method=distill" in c]
     seeds = [c for c in commands if "--seeds" in c and "compression.py" in c[1] and c not in distill]
-    for method in ("acsl", "cap", "slimming", "depgraph", "scratch-plan"):
+    for method in ("acsl", "cap", "slimming", "depgraph", "scratch-plan", "modelopt-fastnas"):
         assert sorted(c[c.index("--seeds") + 1] for c in seeds if c[c.index("--methods") + 1] == method) == ["0", "1", "2"]
     gamma = [c for c in seeds if c[c.index("--methods") + 1] in ("acsl", "cap", "slimming", "depgraph")]
     assert len(gamma) == 12 and all("prune.sparsity.lam=CHOSEN_ON_VAL" in c for c in gamma + distill)
@@ -170,7 +170,7 @@ def test_jobs_overlap_independent_steps_and_keep_dependencies(tmp_path, monkeypa
             ("lambda per method", [_stamp("sweep_a", 1.0), _stamp("sweep_b", 1.0)]),
             ("seeds", [(_stamp("seed_a", 0.2), lazy)]),
             ("scratch-plan (needs ACSL's plans)", [_stamp("scratch", 0.1)]),
-            ("modelopt, one seed", [_stamp("modelopt", 0.3)]),
+            ("modelopt", [_stamp("modelopt", 0.3)]),
             ("merge into benchmarks/results", [_stamp("merge1", 0.3), _stamp("merge2", 0.0)])]
     assert protocol.run_parallel(plan, jobs=3, log_dir=tmp_path / "logs", poll_s=0.05) == 0
     s = _stamps(stamps)
@@ -201,3 +201,27 @@ def test_jobs_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         protocol.main(["shb", "--jobs", "0"])
     assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
+def test_merge_only_merges_just_the_finished_runs(tmp_path, monkeypatch, capsys):
+    """--merge-only: the tables of a protocol still running (or cut short) from the run files that exist; the
+    commands whose runs have not finished are named as skipped, and nothing else runs."""
+    monkeypatch.setattr(protocol, "RUNS", str(tmp_path))
+    exp = protocol.EXPERIMENTS["cifar"]
+    label, model = exp["label"], exp["model"]
+    done = [tmp_path / label / "sweep_acsl" / f"lambda_sweep_{label}_{model}.json",
+            tmp_path / label / "res_acsl_s1" / f"compression_{label}_{model}.json"]
+    for f in done:
+        f.parent.mkdir(parents=True)
+        f.write_text("{}")
+    assert protocol.main(["cifar", "--merge-only", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("# ")] == ["# merge into benchmarks/results"]
+    commands = [shlex.split(line) for line in out.splitlines() if line and line[0] not in "#("]
+    merged = [c[i + 1] for c in commands for i, a in enumerate(c) if a == "--merge"]
+    assert merged == [str(f) for f in done]      # the sweep's merge keeps only ACSL's file; one compression merge
+    assert [c[1] for c in commands] == ["benchmarks/lambda_sweep.py", "benchmarks/compression.py"]
+    names = [f"{m}_s{s}" for s in protocol.SEEDS
+             for m in protocol.GAMMA_METHODS + ("depgraph", "scratch-plan", "modelopt-fastnas")]
+    not_run = len(names) + 1 - 1  # every seed run and the distillation check, less ACSL seed 1
+    assert out.count("(skipped: none of its runs has finished)") == not_run
