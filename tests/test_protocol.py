@@ -225,3 +225,20 @@ def test_merge_only_merges_just_the_finished_runs(tmp_path, monkeypatch, capsys)
              for m in protocol.GAMMA_METHODS + ("depgraph", "scratch-plan", "modelopt-fastnas")]
     not_run = len(names) + 1 - 1  # every seed run and the distillation check, less ACSL seed 1
     assert out.count("(skipped: none of its runs has finished)") == not_run
+
+
+def test_longer_dense_variant_prunes_its_own_dense_model_in_its_own_runs():
+    """cifar-80: every run reads the 80-epoch dense model (not the 40-epoch one the cifar runs resume from), trains
+    scratch references for 80 + sparsity + recovery epochs, and keeps its own run folders and tables."""
+    long_cmds = [protocol.render(c) for _, cmds in protocol.steps("cifar-80", lam=lambda f, m: 1.0) for c in cmds]
+    short_cmds = [protocol.render(c) for _, cmds in protocol.steps("cifar", lam=lambda f, m: 1.0) for c in cmds]
+    dense = long_cmds[0]
+    assert dense[dense.index("--label") + 1] == "plateau80" and "train.epochs=80" in dense
+    runs = [c for c in long_cmds if "--checkpoint" in c]
+    assert runs and {c[c.index("--checkpoint") + 1] for c in runs} == {
+        "benchmarks/.runs/cifar_resnet56_quick_plateau80/dense_best.pt"}
+    assert all("train.epochs=80" in c for c in runs)
+    dirs = lambda cmds: {a for c in cmds for a in c if a.startswith("out_dir=")}  # noqa: E731
+    labels = lambda cmds: {c[c.index("--dataset") + 1] for c in cmds if "--dataset" in c}  # noqa: E731
+    assert dirs(long_cmds) and not dirs(long_cmds) & dirs(short_cmds)
+    assert not labels(long_cmds) & labels(short_cmds)
