@@ -10,6 +10,10 @@ prune.sparsity.lam = lambda, in its own run folder (`<out_dir>/<name>/lam_sweep/
 the sparsity phase is cached across budgets), and records how far the gammas moved (median |gamma| before/after, fraction below 1e-2 of the largest), the val
 metric after sparsity learning, right after slimming (before recovery) and after recovery, and the test
 metric. The lambda per method is chosen on val after recovery; test is reported, never used to choose.
+A choice at the edge of the grid (the smallest or largest lambda that ran) says only that the best may lie beyond
+it: with `--extend-edges K` the sweep then tries the next value out (one more step of the grid's own ratio at
+that end, or halfway, geometrically, to a value out there that failed) and chooses again, up to K extra values per
+method; the table names every choice still at an edge.
 Each run is written to `<results>/lambda_sweep_<dataset>_<model>.json` as it completes (resumable), with a
 Markdown table and a plot next to it.
 """
@@ -45,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--merge", metavar="OTHER.json", action="append", default=[],
                    help="add the runs of another sweep of the same dense model and budget (e.g. one method per parallel "
                         "process, each with its own --results), then redraw; runs already here are kept (repeatable)")
+    p.add_argument("--extend-edges", type=int, default=0, metavar="K",
+                   help="where a method's chosen lambda is the smallest or largest tried, try the next value beyond "
+                        "it (the grid's ratio at that end), up to K extra values per method (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p.parse_args(argv)
 
@@ -110,6 +117,57 @@ def chosen(result: dict) -> dict:
     return out
 
 
+def edge_of(result: dict, method: str) -> str | None:
+    """'smallest' / 'largest' where the method's chosen lambda is at that end of the lambdas it tried
+    (at least two finished), else None."""
+    lams = sorted({r["lam"] for r in result["runs"] if r["method"] == method and not r.get("error")})
+    lam = chosen(result).get(method)
+    if len(lams) < 2 or lam is None:
+        return None
+    return "smallest" if lam == lams[0] else "largest" if lam == lams[-1] else None
+
+
+def next_beyond(result: dict, method: str) -> float | None:
+    """The next lambda to try past a chosen one at an edge: one more step of the grid's ratio at that end, or, where
+    a value out there already failed (the sparsity phase diverged), the geometric midpoint between the choice and
+    the nearest failure (3 significant digits). None where the choice is inside the grid or there is nothing new."""
+    edge = edge_of(result, method)
+    if edge is None:
+        return None
+    ok = sorted({r["lam"] for r in result["runs"] if r["method"] == method and not r.get("error")})
+    failed = {r["lam"] for r in result["runs"] if r["method"] == method and r.get("error")}
+    lam = ok[0] if edge == "smallest" else ok[-1]
+    beyond = [f for f in failed if (f < lam if edge == "smallest" else f > lam)]
+    step = ok[0] ** 2 / ok[1] if edge == "smallest" else ok[-1] ** 2 / ok[-2]
+    if beyond:
+        nearest = max(beyond) if edge == "smallest" else min(beyond)
+        if (step > nearest) if edge == "smallest" else (step < nearest):
+            nxt = step
+        else:
+            nxt = (lam * nearest) ** 0.5
+    else:
+        nxt = step
+    nxt = float(f"{nxt:.3g}")
+    return None if nxt in failed or nxt in ok else nxt
+
+
+def edge_note(result: dict) -> str:
+    """One sentence: every chosen lambda inside the values that ran, or which are at an edge (and the nearest value
+    out there that failed, where one did)."""
+    picks = chosen(result)
+    edges = {m: e for m in picks if (e := edge_of(result, m))}
+    if not edges:
+        return "Every chosen lambda lies inside the values that ran."
+
+    def words(m, e):
+        failed = [r["lam"] for r in result["runs"] if r["method"] == m and r.get("error")
+                  and (r["lam"] < picks[m] if e == "smallest" else r["lam"] > picks[m])]
+        nearest = (max(failed) if e == "smallest" else min(failed)) if failed else None
+        return f"{m} {picks[m]:g} ({e} that ran" + (f"; {nearest:g} failed)" if failed else ")")
+    return ("At the grid's edge (the best may lie beyond; `--extend-edges K` tries further): "
+            + ", ".join(words(m, e) for m, e in sorted(edges.items())) + ".")
+
+
 def write_table(result: dict, path: Path) -> None:
     name = result["metric"]
     g0 = result["dense"]["gammas"]
@@ -118,7 +176,8 @@ def write_table(result: dict, path: Path) -> None:
              f"Dense: val {name} {result['dense']['metric_val']:.3f}, test {result['dense']['metric']:.3f}; "
              f"median |gamma| {g0['median_abs_gamma']:.4f}, {g0['frac_below_1pct_of_max']:.1%} of gammas below 1% "
              "of the largest.", "",
-             f"lambda chosen on val after recovery: {', '.join(f'{m} {v:g}' for m, v in chosen(result).items())}.", "",
+             f"lambda chosen on val after recovery: {', '.join(f'{m} {v:g}' for m, v in chosen(result).items())}. "
+             + edge_note(result), "",
              "| method | lambda | median abs gamma | gammas < 1% of max | val after sparsity | val after slim "
              "(no recovery) | val after recovery | test | wall s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -219,26 +278,39 @@ def main(argv=None) -> int:
             lams, methods = [], []  # merging only: run nothing new
         else:
             result.update({"machine": machine(), "git_commit": git_commit(), "command": command})
+        def run(method, lam):
+            result["runs"] = [r for r in result["runs"] if not (r["method"] == method and r["lam"] == lam)]
+            print(f"[lambda_sweep] {method} lam={lam:g}", flush=True)
+            t0 = time.time()
+            try:
+                entry = one_run(cfg, checkpoint, method, lam, args.budget)
+            except ToolchainError as err:
+                entry = {"error": str(err)}
+                print(f"[lambda_sweep] {method} lam={lam:g} failed: {err}", file=sys.stderr)
+            entry.update({"method": method, "lam": lam, "wall_s": round(time.time() - t0, 2)})
+            result["runs"].append(entry)
+            write_json(json_path, result)
+
         for lam in lams:
             for method in methods:
-                if any(r["method"] == method and r["lam"] == lam and not r.get("error") for r in result["runs"]):
-                    continue
-                result["runs"] = [r for r in result["runs"] if not (r["method"] == method and r["lam"] == lam)]
-                print(f"[lambda_sweep] {method} lam={lam:g}", flush=True)
-                t0 = time.time()
-                try:
-                    entry = one_run(cfg, checkpoint, method, lam, args.budget)
-                except ToolchainError as err:
-                    entry = {"error": str(err)}
-                    print(f"[lambda_sweep] {method} lam={lam:g} failed: {err}", file=sys.stderr)
-                entry.update({"method": method, "lam": lam, "wall_s": round(time.time() - t0, 2)})
-                result["runs"].append(entry)
-                write_json(json_path, result)
+                if not any(r["method"] == method and r["lam"] == lam and not r.get("error") for r in result["runs"]):
+                    run(method, lam)
+        for method in methods:
+            for _ in range(max(args.extend_edges, 0)):
+                nxt = next_beyond(result, method)
+                if nxt is None:
+                    break
+                print(f"[lambda_sweep] {method}: chosen lambda {chosen(result)[method]:g} is the "
+                      f"{edge_of(result, method)} tried; trying {nxt:g}", flush=True)
+                run(method, nxt)
         result["chosen_on_val"] = chosen(result)
+        result["chosen_at_edge"] = {m: e for m in result["chosen_on_val"] if (e := edge_of(result, m))}
         write_json(json_path, result)
         write_table(result, json_path.with_suffix(".md"))
         write_plot(result, json_path.with_suffix(".png"))
         print(f"[lambda_sweep] results: {json_path} (+ .md, .png); chosen on val: {result['chosen_on_val']}")
+        if result["chosen_at_edge"]:
+            print(f"[lambda_sweep] {edge_note(result)}")
         return 0
     except ToolchainError as err:
         print(f"lambda_sweep: error: {err}", file=sys.stderr)

@@ -10,7 +10,9 @@ lambda <= 1.5) and shb-long (ShanghaiTech B, a 30-epoch phase, lambda <= 3), and
 1. dense: `benchmarks/dense.py --label plateau` with the experiment's epochs; its JSON carries the plateau check
    (best val gain over the last 20% of the epochs < 0.3) and the curve PNG;
 2. lambda per method, on val: `benchmarks/lambda_sweep.py` at the middle budget, one process per method (each
-   with its own --results), merged into benchmarks/results/lambda_sweep_<label>_<model>.json;
+   with its own --results), merged into benchmarks/results/lambda_sweep_<label>_<model>.json; where a method's
+   choice is the smallest or largest lambda of the grid, the sweep walks on past it (`--extend-edges 2`: up to two
+   more values at the grid's ratio), so no method is held to a grid that stops short of its best;
 3. seeds: `benchmarks/compression.py` per method and seed at the method's chosen lambda, DepGraph at its own,
    scratch-plan (ACSL's plan, random init) for dense + sparsity + recovery epochs, ModelOpt FastNAS (3 seeds too:
    it needs only the dense model and is cheap, and on CIFAR it leads);
@@ -81,6 +83,7 @@ NEEDS = {"lambda per method": ("dense",), "seeds": ("lambda per method",),
          "distillation vs fine-tuning": ("lambda per method",)}
 GAMMA_METHODS = ("acsl", "cap", "slimming")
 DEPGRAPH_LAMS = "1e-4,1e-3,1e-2"  # Torch-Pruning's group-norm regulariser strength (its default is 1e-4)
+EXTEND_EDGES = 2  # lambda_sweep --extend-edges: values tried past a choice at the grid's edge, per method
 SEEDS = (0, 1, 2)
 
 
@@ -139,8 +142,8 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     for method in GAMMA_METHODS + ("depgraph",):
         lams = exp.get("depgraph_lams", DEPGRAPH_LAMS) if method == "depgraph" else exp["lams"]
         sweeps.append([PY, "benchmarks/lambda_sweep.py", exp["config"], *base, "--checkpoint", p["dense"],
-                       "--budget", mid, "--methods", method, "--lams", lams, "--dataset", exp["label"],
-                       "--results", str(Path(p["sweep"](method)).parent)])
+                       "--budget", mid, "--methods", method, "--lams", lams, "--extend-edges", str(EXTEND_EDGES),
+                       "--dataset", exp["label"], "--results", str(Path(p["sweep"](method)).parent)])
     out.append(("lambda per method", sweeps))
 
     def comp(method, seeds, results, extra=(), budgets=None, out_dir=runs, dataset=exp["label"]):
@@ -178,18 +181,20 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     return out
 
 
-def diverged_lams(sweep_json: str | Path, method: str) -> set[float]:
-    """The lambdas whose sparsity phase diverged in a finished sweep (the phase does not depend on the budget)."""
-    return {float(r["lam"]) for r in read_sweep(sweep_json, method)["runs"]
-            if r.get("method") == method and "diverged" in (r.get("error") or "")}
+def finished_lams(sweep_json: str | Path, method: str) -> list[float]:
+    """The lambdas a finished sweep ran without error (grid and edge extensions), sorted; a diverged one is left
+    out, since the sparsity phase, and so its divergence, does not depend on the budget."""
+    return sorted({float(r["lam"]) for r in read_sweep(sweep_json, method)["runs"]
+                   if r.get("method") == method and not r.get("error")})
 
 
 def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]:
     """`protocol.py EXP --lam-per-budget`, after the main protocol: a lambda chosen on val at every budget.
 
     The main protocol sweeps lambda at the middle budget and uses it at every budget. Here each other budget gets
-    its own val sweep (of the lambdas whose sparsity phase did not diverge at the middle budget; the phase does not
-    depend on the budget, so its cached checkpoints are reused and only selection and recovery run). Seeds run at a
+    its own val sweep (of the lambdas that ran at the middle budget, its edge extensions included and a diverged one
+    left out; the phase does not depend on the budget, so its cached checkpoints are reused and only selection and
+    recovery run). Seeds run at a
     budget's own lambda only where it differs from the middle one (in their own run folders: the middle-lambda runs
     and the plans scratch-plan read are kept), and scratch-plan follows ACSL's changed plans. Everything is merged
     into compression_<label>_lam-per-budget_<model>.json, where the middle-lambda runs fill the unchanged cells.
@@ -209,12 +214,11 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
     lam = (lambda f, m: float("nan")) if dry else chosen_lambda
     exists = (lambda f: True) if dry else (lambda f: (REPO / f).is_file())
 
-    def lams(method):
+    def lams(method):  # the grid, or once the middle budget's sweep has run every lambda it finished there
         grid = exp.get("depgraph_lams", DEPGRAPH_LAMS) if method == "depgraph" else exp["lams"]
         if dry:
             return lambda: ["--lams", grid]
-        return lambda: ["--lams", ",".join(v for v in grid.split(",")
-                                           if float(v) not in diverged_lams(p["sweep"](method), method))]
+        return lambda: ["--lams", ",".join(f"{v:g}" for v in finished_lams(p["sweep"](method), method))]
 
     def changed(method, budget, extra):  # the command's extra arguments, or None where the lambda did not change
         def more():

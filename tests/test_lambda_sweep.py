@@ -102,3 +102,69 @@ def test_lambda_sweep_bad_input(tmp_path, capsys):
     assert "no sparsity learning" in capsys.readouterr().err
     assert sweep.main([str(cfg), "--checkpoint", str(cfg), "--lams", "big"]) == 2
     assert "--lams" in capsys.readouterr().err
+
+
+def test_edge_of_and_next_beyond():
+    """A chosen lambda at the smallest or largest value tried is an edge; the next value out continues the grid's
+    own ratio at that end; a value already tried (e.g. diverged) is not tried again; one value is no grid."""
+    sweep = _load()
+    ok = lambda m, lam, val: {"method": m, "lam": lam, "metric_val": val}
+    result = {"higher_is_better": True, "runs": [ok("acsl", 0.03, 60), ok("acsl", 0.06, 61), ok("acsl", 0.12, 65),
+                                                 ok("cap", 0.03, 66), ok("cap", 0.06, 61), ok("cap", 0.12, 60),
+                                                 ok("slim", 0.03, 60), ok("slim", 0.06, 66), ok("slim", 0.12, 60),
+                                                 ok("dg", 1e-3, 50)]}
+    assert {m: sweep.edge_of(result, m) for m in ("acsl", "cap", "slim", "dg")} == \
+        {"acsl": "largest", "cap": "smallest", "slim": None, "dg": None}
+    assert sweep.next_beyond(result, "acsl") == 0.24 and sweep.next_beyond(result, "cap") == 0.015
+    assert sweep.next_beyond(result, "slim") is None and sweep.next_beyond(result, "dg") is None
+    result["runs"].append({"method": "acsl", "lam": 0.24, "error": "acsl sparsity learning diverged"})
+    assert sweep.next_beyond(result, "acsl") == 0.17          # it failed there: halfway (geometric) to the failure
+    result["runs"].append({"method": "acsl", "lam": 0.17, "error": "acsl sparsity learning diverged"})
+    assert sweep.next_beyond(result, "acsl") == 0.143         # and again, never a value that already ran or failed
+    result["runs"] += [{"method": "acsl", "lam": 0.143, "error": "x"}, {"method": "acsl", "lam": 0.131, "error": "x"},
+                       {"method": "acsl", "lam": 0.125, "error": "x"}, {"method": "acsl", "lam": 0.122, "error": "x"},
+                       {"method": "acsl", "lam": 0.121, "error": "x"}]
+    assert sweep.next_beyond(result, "acsl") is None          # nothing new between 0.12 and 0.121 at 3 digits
+    note = sweep.edge_note(result)
+    assert "acsl 0.12 (largest that ran; 0.121 failed)" in note and "cap 0.03 (smallest that ran)" in note
+    assert "slim" not in note
+    result["higher_is_better"] = False                        # lower is better (MAE): the other ends
+    assert sweep.edge_of(result, "acsl") == "smallest" and sweep.edge_of(result, "cap") == "largest"
+
+
+def test_extend_edges_walks_out_until_the_choice_is_inside(tmp_path, monkeypatch, capsys):
+    """--extend-edges K: val peaks at lambda 4 on a grid of 1, 2, so the sweep tries 4 (better), then 8 (worse) and
+    stops with 4 inside; with K = 1 and the peak further out it stops after one value, and the table says the
+    choice is still at the edge."""
+    cfg_path, dense = _tiny(tmp_path)
+    sweep = _load()
+    peak = {"acsl": 4.0, "slimming": 100.0}
+    tried = []
+
+    def fake_run(cfg, checkpoint, method, lam, budget):
+        import math
+        tried.append((method, lam))
+        val = 50.0 - abs(math.log2(lam / peak[method]))
+        return {"params": 1, "macs": 1, "val_after_sparsity": val, "val_after_slim": val, "metric_val": val,
+                "metric": val, "strengths": None, "sparsity_epochs": 1,
+                "gammas": {"median_abs_gamma": 0.1 / lam, "frac_below_1pct_of_max": 0.0}, "recover_epochs": 1,
+                "sparsity_reused": False, "run_dir": "x"}
+
+    monkeypatch.setattr(sweep, "one_run", fake_run)
+    base = [str(cfg_path), "--checkpoint", str(dense), "--budget", "params=0.5", "--lams", "1,2",
+            "--dataset", "synthetic"]
+    assert sweep.main(base + ["--methods", "acsl", "--results", str(tmp_path / "a"), "--extend-edges", "3"]) == 0
+    assert tried == [("acsl", 1.0), ("acsl", 2.0), ("acsl", 4.0), ("acsl", 8.0)]
+    result = json.loads((tmp_path / "a" / "lambda_sweep_synthetic_segnet.json").read_text())
+    assert result["chosen_on_val"] == {"acsl": 4.0} and result["chosen_at_edge"] == {}
+    assert "inside the values that ran" in (tmp_path / "a" / "lambda_sweep_synthetic_segnet.md").read_text()
+    tried.clear()
+    assert sweep.main(base + ["--methods", "slimming", "--results", str(tmp_path / "b"), "--extend-edges", "1"]) == 0
+    assert tried == [("slimming", 1.0), ("slimming", 2.0), ("slimming", 4.0)]
+    result = json.loads((tmp_path / "b" / "lambda_sweep_synthetic_segnet.json").read_text())
+    assert result["chosen_on_val"] == {"slimming": 4.0} and result["chosen_at_edge"] == {"slimming": "largest"}
+    assert "slimming 4 (largest that ran)" in (tmp_path / "b" / "lambda_sweep_synthetic_segnet.md").read_text()
+    assert "is the largest tried; trying 4" in capsys.readouterr().out
+    tried.clear()                                             # without the flag: the grid only, as before
+    assert sweep.main(base + ["--methods", "slimming", "--results", str(tmp_path / "c")]) == 0
+    assert tried == [("slimming", 1.0), ("slimming", 2.0)]

@@ -32,6 +32,7 @@ def test_dry_run_lists_every_step_in_order(name, capsys):
     sweeps = [c for c in commands if c[1] == "benchmarks/lambda_sweep.py" and "--merge" not in c]
     assert [c[c.index("--methods") + 1] for c in sweeps] == ["acsl", "cap", "slimming", "depgraph"]
     assert len({c[c.index("--results") + 1] for c in sweeps}) == 4   # one results folder per parallel process
+    assert all(c[c.index("--extend-edges") + 1] == "2" for c in sweeps)  # no method stops at its grid's edge
     assert len(distill) == 1 and distill[0][distill[0].index("--budgets") + 1] == exp["budgets"][-1]
 
 
@@ -121,14 +122,18 @@ def test_lambda_per_budget_runs_only_where_the_lambda_changed(tmp_path, monkeypa
 
     diverged = {"method": "acsl", "lam": 14.0, "error": "acsl sparsity learning diverged (loss nan); lower lam"}
     for m, v in {"acsl": 7.0, "cap": 7.0, "slimming": 3.5, "depgraph": 1e-3}.items():
-        sweep(f"sweep_{m}", {m: v}, [diverged] if m == "acsl" else [])
+        grid = protocol.DEPGRAPH_LAMS if m == "depgraph" else exp["lams"]
+        ran = [{"method": m, "lam": float(x), "metric_val": 1.0} for x in grid.split(",") if (m, x) != ("acsl", "14")]
+        extra = [{"method": m, "lam": 19.6, "metric_val": 1.0}] if m == "cap" else []  # an edge extension
+        sweep(f"sweep_{m}", {m: v}, ran + extra + ([diverged] if m == "acsl" else []))
     for tag, acsl in (("params0.5", 3.5), ("params0.9", 7.0)):  # ACSL's lambda changes at 50% only
         for m, v in {"acsl": acsl, "cap": 7.0, "slimming": 3.5, "depgraph": 1e-3}.items():
             sweep(f"sweep_{m}_{tag}", {m: v})
     steps = dict(protocol.lam_per_budget_steps("shb"))
     grids = {(c[c.index("--methods") + 1], c[c.index("--budget") + 1]): c[c.index("--lams") + 1]
              for c in map(protocol.render, steps["lambda at the other budgets"])}
-    assert grids[("acsl", "params=0.5")] == "3.5,7,10" and grids[("cap", "params=0.9")] == exp["lams"]
+    # every lambda the middle budget's sweep finished (its edge extensions too), not the diverged one
+    assert grids[("acsl", "params=0.5")] == "3.5,7,10" and grids[("cap", "params=0.9")] == exp["lams"] + ",19.6"
     ran = [c for c in map(protocol.render, steps["seeds where a budget's lambda changed"]) if c is not None]
     assert {(c[c.index("--methods") + 1], c[c.index("--budgets") + 1]) for c in ran} == {("acsl", "params=0.5")}
     assert len(ran) == 3 and all("prune.sparsity.lam=3.5" in c for c in ran)
