@@ -117,36 +117,42 @@ def chosen(result: dict) -> dict:
     return out
 
 
-def edge_of(result: dict, method: str) -> str | None:
-    """'smallest' / 'largest' where the method's chosen lambda is at that end of the lambdas it tried
-    (at least two finished), else None."""
-    lams = sorted({r["lam"] for r in result["runs"] if r["method"] == method and not r.get("error")})
-    lam = chosen(result).get(method)
-    if len(lams) < 2 or lam is None:
+def _tried(result: dict, method: str) -> tuple[list[float], set[float]]:
+    """The method's lambdas that ran (sorted) and those that failed."""
+    runs = [r for r in result["runs"] if r["method"] == method]
+    return sorted({r["lam"] for r in runs if not r.get("error")}), {r["lam"] for r in runs if r.get("error")}
+
+
+def _nearest_failure(failed: set[float], lam: float, edge: str) -> float | None:
+    """The failed lambda closest to `lam` on the `edge` side of it, or None."""
+    beyond = [f for f in failed if (f < lam if edge == "smallest" else f > lam)]
+    return (max(beyond) if edge == "smallest" else min(beyond)) if beyond else None
+
+
+def edge_of(result: dict, method: str, picks: dict | None = None) -> str | None:
+    """'smallest' / 'largest' where the method's chosen lambda (`picks`, default chosen(result)) is at that end of
+    the lambdas that ran (at least two), else None."""
+    ok, _ = _tried(result, method)
+    lam = (picks if picks is not None else chosen(result)).get(method)
+    if len(ok) < 2 or lam is None:
         return None
-    return "smallest" if lam == lams[0] else "largest" if lam == lams[-1] else None
+    return "smallest" if lam == ok[0] else "largest" if lam == ok[-1] else None
 
 
 def next_beyond(result: dict, method: str) -> float | None:
     """The next lambda to try past a chosen one at an edge: one more step of the grid's ratio at that end, or, where
-    a value out there already failed (the sparsity phase diverged), the geometric midpoint between the choice and
-    the nearest failure (3 significant digits). None where the choice is inside the grid or there is nothing new."""
+    a value out there already failed (the sparsity phase diverged) and that step would reach it, the geometric
+    midpoint between the choice and the nearest failure (3 significant digits). None where the choice is inside
+    the grid or there is nothing new."""
     edge = edge_of(result, method)
     if edge is None:
         return None
-    ok = sorted({r["lam"] for r in result["runs"] if r["method"] == method and not r.get("error")})
-    failed = {r["lam"] for r in result["runs"] if r["method"] == method and r.get("error")}
-    lam = ok[0] if edge == "smallest" else ok[-1]
-    beyond = [f for f in failed if (f < lam if edge == "smallest" else f > lam)]
-    step = ok[0] ** 2 / ok[1] if edge == "smallest" else ok[-1] ** 2 / ok[-2]
-    if beyond:
-        nearest = max(beyond) if edge == "smallest" else min(beyond)
-        if (step > nearest) if edge == "smallest" else (step < nearest):
-            nxt = step
-        else:
-            nxt = (lam * nearest) ** 0.5
-    else:
-        nxt = step
+    ok, failed = _tried(result, method)
+    lam, inner = (ok[0], ok[1]) if edge == "smallest" else (ok[-1], ok[-2])
+    nxt = lam * lam / inner
+    wall = _nearest_failure(failed, lam, edge)
+    if wall is not None and (nxt <= wall if edge == "smallest" else nxt >= wall):
+        nxt = (lam * wall) ** 0.5
     nxt = float(f"{nxt:.3g}")
     return None if nxt in failed or nxt in ok else nxt
 
@@ -155,15 +161,13 @@ def edge_note(result: dict) -> str:
     """One sentence: every chosen lambda inside the values that ran, or which are at an edge (and the nearest value
     out there that failed, where one did)."""
     picks = chosen(result)
-    edges = {m: e for m in picks if (e := edge_of(result, m))}
+    edges = {m: e for m in picks if (e := edge_of(result, m, picks))}
     if not edges:
         return "Every chosen lambda lies inside the values that ran."
 
     def words(m, e):
-        failed = [r["lam"] for r in result["runs"] if r["method"] == m and r.get("error")
-                  and (r["lam"] < picks[m] if e == "smallest" else r["lam"] > picks[m])]
-        nearest = (max(failed) if e == "smallest" else min(failed)) if failed else None
-        return f"{m} {picks[m]:g} ({e} that ran" + (f"; {nearest:g} failed)" if failed else ")")
+        wall = _nearest_failure(_tried(result, m)[1], picks[m], e)
+        return f"{m} {picks[m]:g} ({e} that ran" + (f"; {wall:g} failed)" if wall is not None else ")")
     return ("At the grid's edge (the best may lie beyond; `--extend-edges K` tries further): "
             + ", ".join(words(m, e) for m, e in sorted(edges.items())) + ".")
 
@@ -296,7 +300,7 @@ def main(argv=None) -> int:
                 if not any(r["method"] == method and r["lam"] == lam and not r.get("error") for r in result["runs"]):
                     run(method, lam)
         for method in methods:
-            for _ in range(max(args.extend_edges, 0)):
+            for _ in range(args.extend_edges):
                 nxt = next_beyond(result, method)
                 if nxt is None:
                     break
@@ -304,7 +308,8 @@ def main(argv=None) -> int:
                       f"{edge_of(result, method)} tried; trying {nxt:g}", flush=True)
                 run(method, nxt)
         result["chosen_on_val"] = chosen(result)
-        result["chosen_at_edge"] = {m: e for m in result["chosen_on_val"] if (e := edge_of(result, m))}
+        result["chosen_at_edge"] = {m: e for m in result["chosen_on_val"]
+                                    if (e := edge_of(result, m, result["chosen_on_val"]))}
         write_json(json_path, result)
         write_table(result, json_path.with_suffix(".md"))
         write_plot(result, json_path.with_suffix(".png"))

@@ -194,9 +194,9 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
     The main protocol sweeps lambda at the middle budget and uses it at every budget. Here each other budget gets
     its own val sweep (of the lambdas that ran at the middle budget, its edge extensions included and a diverged one
     left out; the phase does not depend on the budget, so its cached checkpoints are reused and only selection and
-    recovery run). Seeds run at a
-    budget's own lambda only where it differs from the middle one (in their own run folders: the middle-lambda runs
-    and the plans scratch-plan read are kept), and scratch-plan follows ACSL's changed plans. Everything is merged
+    recovery run). Seeds run at a budget's own lambda only where it differs from the middle one (in their own run
+    folders: the middle-lambda runs and the plans scratch-plan read are kept), and scratch-plan follows ACSL's
+    changed plans. Everything is merged
     into compression_<label>_lam-per-budget_<model>.json, where the middle-lambda runs fill the unchanged cells.
     `dry` prints every command without reading any sweep."""
     sys.path.insert(0, str(REPO))
@@ -214,7 +214,7 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
     lam = (lambda f, m: float("nan")) if dry else chosen_lambda
     exists = (lambda f: True) if dry else (lambda f: (REPO / f).is_file())
 
-    def lams(method):  # the grid, or once the middle budget's sweep has run every lambda it finished there
+    def lams(method):  # every lambda the middle budget's sweep finished (the plain grid in a dry run)
         grid = exp.get("depgraph_lams", DEPGRAPH_LAMS) if method == "depgraph" else exp["lams"]
         if dry:
             return lambda: ["--lams", grid]
