@@ -185,7 +185,9 @@ def _train_scratch(cfg, model, run_dir: Path, epochs: int, stage: str, extra: di
     from toolchain.prune.recover import _load_best
     from toolchain.train.trainer import fit
 
-    result = fit(cfg, model, run_dir, epochs=epochs, lr=cfg.train.lr, stage=stage, extra_checkpoint=extra, resume=False)
+    # an interrupted reference resumes (90 epochs on CIFAR is most of an hour), but only the same run
+    result = fit(cfg, model, run_dir, epochs=epochs, lr=cfg.train.lr, stage=stage, extra_checkpoint=extra,
+                 resume_same_run=True)
     _load_best(model, result.best_path)
     summary = model_summary(model, tuple(cfg.data.input_size))
     return {"params": summary["params"], "macs": summary["macs"], "metric": _val(model, cfg, "test"),

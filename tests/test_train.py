@@ -53,6 +53,45 @@ def test_resume_continues_exactly(tiny_seg_config, tmp_path):
     assert torch.allclose(_weights(straight), _weights(resumed), atol=1e-6)
 
 
+def test_resume_same_run_continues_exactly_and_never_resumes_other_settings(tiny_seg_config, tmp_path, capsys):
+    """resume_same_run (scratch references, recovery): an interrupted run of the same settings continues
+    exactly; a last.pt of another learning rate, another plan or other starting weights is not resumed."""
+    cfg = load_config(tiny_seg_config)
+    plan = {"extra_checkpoint": {"channel_plan": {"conv1": 3}}}
+    straight = build(cfg)
+    fit(cfg, straight, tmp_path / "a", resume_same_run=True, **plan)
+
+    half = build(cfg)
+    with pytest.raises(KeyboardInterrupt):  # 4 steps/epoch: dies in epoch 2
+        fit(cfg, half, tmp_path / "b", step_callback=_interrupt_at(6), resume_same_run=True, **plan)
+    resumed = build(cfg)
+    result = fit(cfg, resumed, tmp_path / "b", resume_same_run=True, **plan)
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "other settings" not in out
+    assert len(result.history) == cfg.train.epochs
+    assert torch.allclose(_weights(straight), _weights(resumed), atol=1e-6)
+
+    for change in ({"lr": cfg.train.lr * 0.5}, {"extra_checkpoint": {"channel_plan": {"conv1": 2}}}, {"init": 1}):
+        run = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, build(cfg), run, step_callback=_interrupt_at(6), resume_same_run=True, **plan)
+        capsys.readouterr()
+        model = build(cfg)
+        if change.pop("init", None):  # same settings, other starting weights (another sparsity run's slim model)
+            with torch.no_grad():
+                next(model.parameters()).add_(0.01)
+        fresh = fit(cfg, model, run, resume_same_run=True, **{**plan, **change})
+        out = capsys.readouterr().out
+        assert "written by a run of other settings; starting this stage over" in out and "resuming" not in out
+        assert [h["epoch"] for h in fresh.history] == list(range(1, cfg.train.epochs + 1))
+    # a last.pt without a run key (written before keys existed) is not trusted either
+    ckpt = torch.load(tmp_path / "b" / "dense_last.pt", weights_only=True)
+    del ckpt["run_key"]
+    torch.save(ckpt, tmp_path / "b" / "dense_last.pt")
+    fit(cfg, build(cfg), tmp_path / "b", resume_same_run=True, **plan)
+    assert "other settings" in capsys.readouterr().out
+
+
 def _interrupt_at(step_to_die):
     def callback(step):
         if step == step_to_die:

@@ -116,7 +116,7 @@ def _run(cfg, model: nn.Module, plan: dict, teacher: nn.Module, run_dir: Path, m
     try:
         result = fit(cfg, model, run_dir, epochs=epochs, lr=lr, loss_fn=loss_fn, stage=f"recover_{mode}",
                      teacher=teacher if mode == "distill" else None, extra_checkpoint={"channel_plan": plan},
-                     resume=False)  # a stale run of another plan must never be resumed
+                     resume_same_run=True)  # an interrupted recovery resumes; a stale run of another plan never
     finally:
         cleanup()
     _load_best(model, result.best_path)

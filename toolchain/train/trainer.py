@@ -4,11 +4,15 @@
 CUDA, a progress bar with loss and throughput; evaluates on val each epoch, keeps the best-on-val
 checkpoint, and writes `last.pt` atomically after every epoch so that `resume=True` continues
 exactly (model, optimizer, scheduler, RNG states, history). Ctrl-C mid-epoch leaves the last
-complete `last.pt` valid.
+complete `last.pt` valid. With `resume_same_run=True` it resumes only a `last.pt` written by the same
+run (same config, epochs, learning rate and extra checkpoint entries such as a channel plan) and starts
+over otherwise, for folders that may hold a stale run of other settings.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import random
 import time
@@ -146,17 +150,35 @@ def _resumable(last_path: Path, stage: str) -> Optional[dict]:
     return ckpt
 
 
+def run_key(cfg, model: nn.Module, stage: str, epochs: int, lr: float, extra: dict) -> str:
+    """What makes two runs of a stage the same run: config (less train.threads, which does not change the
+    result), the weights it starts from, epochs, learning rate and the extra checkpoint entries. sha256 hex."""
+    from toolchain.config import config_to_dict
+
+    config = config_to_dict(cfg)
+    config.get("train", {}).pop("threads", None)
+    text = json.dumps({"config": config, "stage": stage, "epochs": epochs, "lr": lr, "extra": extra},
+                      sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode())
+    for name, tensor in unwrap(model).state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None, lr: float | None = None,
         loss_fn: Callable | None = None, after_backward: Callable | None = None, resume: bool = False,
         stage: str = "dense", teacher: nn.Module | None = None, extra_checkpoint: dict | None = None,
-        step_callback: Callable | None = None, after_step: Callable | None = None) -> FitResult:
+        step_callback: Callable | None = None, after_step: Callable | None = None,
+        resume_same_run: bool = False) -> FitResult:
     """Train `model` on cfg's data; see the module docstring.
 
     loss_fn(model, images, targets) overrides the task loss (distillation); after_backward(model, step)
     runs between backward and the optimizer step (sparsity learning); after_step(model, step, lr) runs right
     after the optimizer step with that step's learning rate (proximal sparsity); step_callback(step) runs after
     each optimizer step (tests use it to simulate an interrupt). extra_checkpoint is stored in every
-    checkpoint (e.g. the channel plan of a slim model).
+    checkpoint (e.g. the channel plan of a slim model). resume_same_run=True resumes only a last.pt of the
+    same run_key() (resume=True is implied) and otherwise starts the stage over with a message.
     """
     distributed = dist_utils.init_from_env()
     if cfg.train.threads:
@@ -184,9 +206,15 @@ def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None
     metric_name, _ = primary_metric(cfg.task)
     last_path, best_path = run_dir / f"{stage}_last.pt", run_dir / f"{stage}_best.pt"
     extra = dict(extra_checkpoint or {})
+    key = run_key(cfg, model, stage, epochs, lr, extra)
 
     start_epoch, history, best, best_epoch = 0, [], None, -1
-    ckpt = _resumable(last_path, stage) if resume else None
+    ckpt = _resumable(last_path, stage) if resume or resume_same_run else None
+    if ckpt is not None and resume_same_run and ckpt.get("run_key") != key:
+        if dist_utils.is_main():
+            print(f"[{stage}] {last_path.name} was written by a run of other settings; starting this stage over",
+                  flush=True)
+        ckpt = None
     if ckpt is not None:
         try:  # a checkpoint of another width / model / optimizer than the config's: one line, not a torch dump
             unwrap(model).load_state_dict(ckpt["model_state"])
@@ -265,7 +293,7 @@ def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None
                   f"{record['images_per_s']:.1f} img/s, {epoch_time:.1f} s", flush=True)
             save_checkpoint(last_path, train_model, cfg, epoch=epoch, stage=stage, optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=_rng_state(),
-                            history=history, best_metric=best, best_epoch=best_epoch, **extra)
+                            history=history, best_metric=best, best_epoch=best_epoch, run_key=key, **extra)
         dist_utils.barrier()
 
     result = FitResult(best_metric=best, best_epoch=best_epoch, metric_name=metric_name, history=history,
