@@ -105,3 +105,51 @@ def test_scratch_uniform_matches_the_budgets_cost():
     assert abs(got_macs - target_macs) < 0.03 * target_macs
     # a target between the two costs' curves tells them apart: matching MACs to a params count picks another width
     assert abs(bench.uniform_width(cfg, target_params // 4, "macs") - bench.uniform_width(cfg, target_params // 4)) > 0.05
+
+
+def test_interrupted_scratch_reference_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
+    """A scratch reference killed mid-run (Ctrl-C in its second epoch) continues from its last complete epoch on
+    the rerun and ends with the same test metric as a run never interrupted."""
+    import pytest
+
+    import toolchain.train.trainer as trainer
+
+    def config(name):
+        raw = {"name": "tiny_seg", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
+               "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 8},
+               "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0, "threads": 1},
+               "prune": {"min_channels": 2, "sparsity": {"epochs": 1, "lam": 0.001},
+                         "recover": {"method": "finetune", "epochs": 1}},
+               "out_dir": str(tmp_path / name / "runs")}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return [str(path), "--methods", "acsl,scratch-plan", "--budgets", "params=0.5",
+                "--results", str(tmp_path / name / "results"), "--dataset", "synthetic"]
+
+    bench = _load_benchmark()
+    assert bench.main(config("straight")) == 0
+    straight = json.loads((tmp_path / "straight" / "results" / "compression_synthetic_segnet.json").read_text())
+
+    real_fit = trainer.fit
+
+    def ctrl_c_at_step_3(step):  # 2 steps per epoch: step 3 is inside epoch 2 of 3
+        if step == 3:
+            raise KeyboardInterrupt
+
+    def dying_fit(*args, stage="dense", **kwargs):
+        if stage == "scratch_plan":
+            kwargs["step_callback"] = ctrl_c_at_step_3
+        return real_fit(*args, stage=stage, **kwargs)
+
+    argv = config("cut")
+    monkeypatch.setattr(trainer, "fit", dying_fit)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    monkeypatch.setattr(trainer, "fit", real_fit)
+    capsys.readouterr()
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[scratch_plan] resuming from" in out and "at epoch 2/3" in out
+    cut = json.loads((tmp_path / "cut" / "results" / "compression_synthetic_segnet.json").read_text())
+    metric = {r["method"]: r["metric"] for r in straight["runs"]}
+    assert {r["method"]: r["metric"] for r in cut["runs"]} == metric and "scratch-plan" in metric
