@@ -24,7 +24,8 @@ After it, `python benchmarks/protocol.py EXP --lam-per-budget` chooses lambda on
 middle one (see lam_per_budget_steps): where a budget's lambda changes, its seeds (and scratch-plan on ACSL's new
 plans) run again, into compression_<label>_lam-per-budget_<model>.json.
 
-Every step is resumable (rerun the same command after an interruption: finished runs are kept). Run folders go
+Every step is resumable (rerun the same command after an interruption: finished runs are kept, and the run that
+was cut short continues from its last complete epoch). Run folders go
 under benchmarks/.runs/p12. Each step is a plain command; --dry-run prints them in order. `--jobs N` runs N commands
 at a time (1 thread each), every command as soon as the steps it needs have finished (NEEDS: e.g. ModelOpt needs
 only the dense model, scratch-plan needs the seeds), each with its own log under benchmarks/.runs/p12/logs.
