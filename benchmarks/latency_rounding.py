@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -160,16 +159,9 @@ def time_plans(work: Path, rounds: int, runs: int) -> dict:
 
 
 def cpu_name() -> str:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    from toolchain.utils.provenance import cpu_model
+
+    name, isa = cpu_model()
     return f"{name} ({isa}), {os.cpu_count()} logical CPUs"
 
 

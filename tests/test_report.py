@@ -79,3 +79,22 @@ def test_combine_two_devices_and_refuse_mixed_schema(tmp_path):
         combine_reports([a, c], tmp_path / "x.html")
     with pytest.raises(ToolchainError, match="report not found"):
         combine_reports([tmp_path / "nope.json"], tmp_path / "x.html")
+
+
+def test_machine_names_the_cpu_model_and_isa(tmp_path):
+    """Results record which CPU ran them (two x86_64 CPUs train one config to different weights), read from
+    /proc/cpuinfo; without one, the platform's name."""
+    import platform
+
+    from toolchain.utils.provenance import cpu_model, machine
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+                    "processor\t: 1\nmodel name\t: Example CPU 9000\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n")
+    assert cpu_model(info) == ("Example CPU 9000", "AVX2")  # the first processor's entry
+    unnamed = tmp_path / "cpuinfo-unnamed"  # cpu_model is cached per path
+    unnamed.write_text("processor\t: 0\nflags\t\t: fpu avx512f\n")
+    assert cpu_model(unnamed) == (platform.processor() or platform.machine(), "AVX-512")
+    assert cpu_model(tmp_path / "missing")[1] == "no AVX2"
+    name, isa = cpu_model()
+    assert f"{name} ({isa})" in machine() and name

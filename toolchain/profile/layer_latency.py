@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,17 +141,13 @@ def ort_conv_ms(spec: ConvSpec, cin: int, cout: int, *, threads: Optional[int] =
 
 def machine_id() -> str:
     """CPU model + ISA + core count: tables measured on one machine are not reused on another."""
-    name, flags = platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "base"
-    return f"{name} {isa} {os.cpu_count()}cpu"
+    from toolchain.utils.provenance import cpu_model
+
+    name, isa = cpu_model()
+    return f"{name} {_ISA_KEY[isa]} {os.cpu_count()}cpu"
+
+
+_ISA_KEY = {"AVX-512": "avx512", "AVX2": "avx2", "no AVX2": "base"}  # the key's spelling of provenance's ISA names
 
 
 class LatencyTable:

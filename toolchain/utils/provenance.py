@@ -24,10 +24,29 @@ def git_commit() -> str:
         return "unknown"
 
 
+@lru_cache(maxsize=1)
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str]:
+    """(CPU model name, widest vector ISA: "AVX-512" / "AVX2" / "no AVX2"), from /proc/cpuinfo where there is one.
+
+    Two CPUs of one architecture can train the same config to different weights (other oneDNN kernels, other
+    rounding), so results name the model, not just "x86_64"."""
+    name, flags = "", set()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return name, isa
+
+
 def machine() -> str:
     import os
 
-    cpu = platform.processor() or platform.machine()
     try:
         import torch
 
@@ -35,7 +54,8 @@ def machine() -> str:
             return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), {os.cpu_count()} CPU cores"
     except ImportError:
         pass
-    return f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores, no GPU"
+    name, isa = cpu_model()
+    return f"{platform.system()} {name} ({isa}), {os.cpu_count()} CPU cores, no GPU"
 
 
 def versions() -> dict[str, str]:
