@@ -46,7 +46,7 @@ from toolchain.errors import ToolchainError  # noqa: E402
 from toolchain.prune.methods import METHODS, PEER_METHODS, SCRATCH_METHODS  # noqa: E402
 from toolchain.prune.modelopt_peer import peer_fields, peer_notes  # noqa: E402  (imports modelopt lazily)
 from toolchain.prune.select import parse_budget  # noqa: E402
-from toolchain.utils.io import atomic_write_text, read_json, write_json  # noqa: E402
+from toolchain.utils.io import atomic_write_text, read_json, sha256_file, write_json  # noqa: E402
 
 DEFAULT_BUDGETS = {"segmentation": "params=0.5,params=0.7,params=0.85",
                    "counting": "params=0.5,params=0.7,params=0.85,params=0.9",
@@ -143,7 +143,8 @@ def dense_entry(cfg, checkpoint: Path) -> dict:
     model, _ = load_model(checkpoint, cfg)
     summary = model_summary(model, tuple(cfg.data.input_size))
     entry = {"params": summary["params"], "macs": summary["macs"], "metric": _val(model, cfg, "test"),
-             "metric_val": _val(model, cfg, "val"), "checkpoint": str(checkpoint)}
+             "metric_val": _val(model, cfg, "val"), "checkpoint": str(checkpoint),
+             "checkpoint_sha256": sha256_file(checkpoint)}  # a retrained model at the same path is another experiment
     history = Path(checkpoint).parent / "dense_history.json"  # the plateau evidence of the protocol, when on record
     if history.is_file():
         epochs = read_json(history).get("history") or []
@@ -278,10 +279,20 @@ def sparsity_timing(cfg, runs: list[dict]) -> dict:
     return out
 
 
+def same_dense(a: dict, b: dict) -> bool:
+    """Two dense entries name the same model: the same path, and the same sha256 where both recorded one (results
+    written before session 12 have only the path)."""
+    a, b = a or {}, b or {}
+    if a.get("checkpoint") != b.get("checkpoint"):
+        return False
+    sha_a, sha_b = a.get("checkpoint_sha256"), b.get("checkpoint_sha256")
+    return not (sha_a and sha_b) or sha_a == sha_b
+
+
 def merge_results(result: dict, other: dict, other_path: str) -> None:
     """Add `other`'s runs (same experiment, same dense checkpoint) that `result` lacks; record its command."""
-    if (other.get("model"), other.get("profile"), (other.get("dense") or {}).get("checkpoint")) != (
-            result.get("model"), result.get("profile"), (result.get("dense") or {}).get("checkpoint")):
+    if (other.get("model"), other.get("profile")) != (result.get("model"), result.get("profile")) or not same_dense(
+            other.get("dense"), result.get("dense")):
         raise ToolchainError(f"{other_path} is another experiment (model, profile or dense checkpoint differ); "
                              "only comparisons of the same dense model can be merged")
     key = lambda r: (r["method"], r["budget"]["kind"], r["budget"]["value"], row_seed(r))  # noqa: E731
@@ -650,6 +661,11 @@ def main(argv=None) -> int:
             print(f"[compression] redrew {stem}.md and {stem}.png from {json_path}")
             return 0
         checkpoint = ensure_dense(cfg, args.checkpoint)
+        recorded = (result.get("dense") or {}).get("checkpoint_sha256")
+        if recorded and sha256_file(checkpoint) != recorded:
+            raise ToolchainError(f"{checkpoint} is not the dense model {json_path} was started from (sha256 "
+                                 f"{recorded[:12]}...): it was retrained or replaced; pass another --results folder "
+                                 "to start a new comparison, or the original checkpoint")
         if not result.get("dense"):
             result = {"dataset": dataset, "model": cfg.model.name, "profile": cfg.profile, "metric": metric_name,
                       "higher_is_better": higher, "split": "test", "dense": dense_entry(cfg, checkpoint), "runs": []}

@@ -28,7 +28,7 @@ from toolchain.cli import main as acsl  # noqa: E402
 from toolchain.config import load_config, parse_dotted_overrides  # noqa: E402
 from toolchain.train.metrics import primary_metric  # noqa: E402
 from toolchain.train.plateau import PLATEAU_FRACTION, PLATEAU_TOL, plateau_check  # noqa: E402
-from toolchain.utils.io import read_json, write_json  # noqa: E402
+from toolchain.utils.io import read_json, sha256_file, write_json  # noqa: E402
 from toolchain.utils.provenance import git_commit, machine  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -198,6 +198,7 @@ def main(argv=None) -> int:
         "wall_s_note": "sum of the training epochs' wall time (evaluation excluded); 2 CPU cores shared with other jobs",
         "machine": machine(),
         "command": command, "git_commit": git_commit(), "checkpoint": str((run_dir / "dense_best.pt").relative_to(REPO)),
+        "checkpoint_sha256": sha256_file(run_dir / "dense_best.pt"),  # a retrain reproduces this one or it does not
         "plateau": plateau_check(hist["history"], rec["metric"], higher), "history": hist["history"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -81,3 +81,29 @@ def test_table_compares_each_run_with_the_next_shorter_schedule(tmp_path, monkey
     # best val 24 -> 23 (+1.00), last-20% mean 24 -> 26 (-2.00), test 22 -> 23 (-1.00)
     assert "| syn | csrnet (width 0.125) | mae | 5 -> 10 | +1.00 | -2.00 | -1.00 |" in table
     assert "-> 20 |" not in table
+
+
+def test_dense_result_records_the_checkpoint_sha256_and_a_rerun_reproduces_it(tmp_path, monkeypatch):
+    """The dense JSON names its checkpoint by sha256, so a retrain can be checked against the committed result;
+    the same command run twice on one machine trains byte-identical checkpoints."""
+    import hashlib
+    import json
+
+    import yaml
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "tiny_seg", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
+        "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 8},
+        "train": {"epochs": 2, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0, "threads": 1},
+        "profiles": {"quick": {}}}))
+    shas = []
+    for name in ("first", "second"):
+        monkeypatch.setattr(dense, "REPO", tmp_path / name)
+        monkeypatch.setattr(dense, "RESULTS", tmp_path / name / "results")
+        assert dense.main([str(cfg), "--label", "t"]) == 0
+        result = json.loads((tmp_path / name / "results" / "dense_synthetic_segnet_t.json").read_text())
+        checkpoint = tmp_path / name / result["checkpoint"]
+        assert result["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        shas.append(result["checkpoint_sha256"])
+    assert shas[0] == shas[1]

@@ -85,6 +85,36 @@ def test_merge_adds_missing_runs_and_refuses_other_experiments():
     assert len(mine["runs"]) == 2 and mine["merged_commands"] == ["python benchmarks/compression.py x"]
     with pytest.raises(ToolchainError, match="another experiment"):
         bench.merge_results(mine, dict(other, dense=dict(dense, checkpoint="other.pt")), "other.json")
+    # the same path holding another model (retrained on another machine): refused once both sides record a sha256
+    mine["dense"] = dict(dense, checkpoint_sha256="a" * 64)
+    with pytest.raises(ToolchainError, match="another experiment"):
+        bench.merge_results(mine, dict(other, dense=dict(dense, checkpoint_sha256="b" * 64)), "other.json")
+    bench.merge_results(mine, dict(other, dense=dict(dense, checkpoint_sha256="a" * 64)), "other.json")
+    bench.merge_results(mine, other, "old.json")  # written before sha256s were recorded: the path decides
+
+
+def test_a_comparison_refuses_to_continue_on_a_retrained_dense_model(tmp_path, capsys):
+    """Rows added to a comparison must come from the dense model it started from: a checkpoint whose sha256
+    differs from the recorded one is a one-line error, and the JSON is left as it was."""
+    bench = _load_benchmark()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "x", "task": "classification", "model": {"name": "resnet20"},
+                                   "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 10}}))
+    checkpoint = tmp_path / "dense_best.pt"
+    checkpoint.write_bytes(b"retrained")
+    results = tmp_path / "results"
+    results.mkdir()
+    started = {"dataset": "synthetic", "model": "resnet20", "profile": None, "metric": "top1", "runs": [],
+               "dense": {"checkpoint": str(checkpoint), "checkpoint_sha256": "0" * 64, "params": 1, "macs": 1}}
+    json_path = results / "compression_synthetic_resnet20.json"
+    json_path.write_text(json.dumps(started))
+    before = json_path.read_text()
+    argv = [str(cfg), "--checkpoint", str(checkpoint), "--methods", "l1", "--budgets", "params=0.5",
+            "--results", str(results), "--dataset", "synthetic"]
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not the dense model" in err and "000000000000..." in err and len(err.strip().splitlines()) == 1
+    assert json_path.read_text() == before
 
 
 def test_scratch_uniform_matches_the_budgets_cost():
