@@ -300,9 +300,9 @@ def merge_results(result: dict, other: dict, other_path: str) -> None:
     added = [r for r in other["runs"] if not r.get("error") and key(r) not in have]
     result["runs"] = [r for r in result["runs"] if not r.get("error")
                       or key(r) not in {key(a) for a in added}] + added
-    commands = result.setdefault("merged_commands", [])
-    if other.get("command") and other["command"] not in commands:
-        commands.append(other["command"])
+    command = other.get("command")
+    if command and command != result.get("command") and command not in result.get("merged_commands", []):
+        result.setdefault("merged_commands", []).append(command)
     print(f"[compression] merged {len(added)} runs from {other_path}")
 
 

@@ -91,6 +91,11 @@ def test_merge_adds_missing_runs_and_refuses_other_experiments():
         bench.merge_results(mine, dict(other, dense=dict(dense, checkpoint_sha256="b" * 64)), "other.json")
     bench.merge_results(mine, dict(other, dense=dict(dense, checkpoint_sha256="a" * 64)), "other.json")
     bench.merge_results(mine, other, "old.json")  # written before sha256s were recorded: the path decides
+    # merging a table's own run again adds no "merged from" line that repeats its command
+    own = {"model": "segnet", "profile": "quick", "dense": dense, "command": "python benchmarks/compression.py y",
+           "runs": []}
+    bench.merge_results(own, dict(own, runs=[]), "own.json")
+    assert "merged_commands" not in own
 
 
 def test_a_comparison_refuses_to_continue_on_a_retrained_dense_model(tmp_path, capsys):
