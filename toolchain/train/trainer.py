@@ -5,8 +5,8 @@ CUDA, a progress bar with loss and throughput; evaluates on val each epoch, keep
 checkpoint, and writes `last.pt` atomically after every epoch so that `resume=True` continues
 exactly (model, optimizer, scheduler, RNG states, history). Ctrl-C mid-epoch leaves the last
 complete `last.pt` valid. With `resume_same_run=True` it resumes only a `last.pt` written by the same
-run (same config, epochs, learning rate and extra checkpoint entries such as a channel plan) and starts
-over otherwise, for folders that may hold a stale run of other settings.
+run (same config, starting weights, epochs, learning rate and extra checkpoint entries such as a channel
+plan) and starts over otherwise, for folders that may hold a stale run of other settings.
 """
 from __future__ import annotations
 
