@@ -10,17 +10,22 @@ def _load_benchmark():
     return load_benchmark("compression")
 
 
-def test_compression_benchmark_tiny(tmp_path, capsys):
+def _tiny_seg(path, out_dir):
+    """The tiny synthetic segmentation comparison (one epoch per phase, 2 steps per epoch) as YAML at `path`."""
     raw = {
         "name": "tiny_seg", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
         "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 8},
         "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0, "threads": 1},
         "prune": {"min_channels": 2, "sparsity": {"epochs": 1, "lam": 0.001},
                   "recover": {"method": "finetune", "epochs": 1}},
-        "out_dir": str(tmp_path / "runs"),
+        "out_dir": str(out_dir),
     }
-    cfg_path = tmp_path / "tiny.yaml"
-    cfg_path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_compression_benchmark_tiny(tmp_path, capsys):
+    cfg_path = _tiny_seg(tmp_path / "tiny.yaml", tmp_path / "runs")
     bench = _load_benchmark()
     argv = [str(cfg_path), "--methods", "acsl,l1,scratch-plan,scratch-uniform", "--budgets", "params=0.3,params=0.6",
             "--results", str(tmp_path / "results"), "--dataset", "synthetic"]
@@ -150,14 +155,7 @@ def test_interrupted_scratch_reference_resumes_to_the_same_result(tmp_path, caps
     import toolchain.train.trainer as trainer
 
     def config(name):
-        raw = {"name": "tiny_seg", "task": "segmentation", "model": {"name": "segnet", "width": 0.125},
-               "data": {"kind": "synthetic", "input_size": [32, 32], "num_classes": 3, "max_images": 8},
-               "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01, "seed": 0, "threads": 1},
-               "prune": {"min_channels": 2, "sparsity": {"epochs": 1, "lam": 0.001},
-                         "recover": {"method": "finetune", "epochs": 1}},
-               "out_dir": str(tmp_path / name / "runs")}
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(raw))
+        path = _tiny_seg(tmp_path / f"{name}.yaml", tmp_path / name / "runs")
         return [str(path), "--methods", "acsl,scratch-plan", "--budgets", "params=0.5",
                 "--results", str(tmp_path / name / "results"), "--dataset", "synthetic"]
 

@@ -139,6 +139,9 @@ def ort_conv_ms(spec: ConvSpec, cin: int, cout: int, *, threads: Optional[int] =
     return time_session(session, (1, cin, *spec.input_hw), runs)
 
 
+_ISA_KEY = {"AVX-512": "avx512", "AVX2": "avx2", "no AVX2": "base"}  # the key's spelling of provenance's ISA names
+
+
 def machine_id() -> str:
     """CPU model + ISA + core count: tables measured on one machine are not reused on another."""
     from toolchain.utils.provenance import cpu_model
@@ -146,8 +149,6 @@ def machine_id() -> str:
     name, isa = cpu_model()
     return f"{name} {_ISA_KEY[isa]} {os.cpu_count()}cpu"
 
-
-_ISA_KEY = {"AVX-512": "avx512", "AVX2": "avx2", "no AVX2": "base"}  # the key's spelling of provenance's ISA names
 
 
 class LatencyTable:

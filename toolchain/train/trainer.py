@@ -162,7 +162,7 @@ def run_key(cfg, model: nn.Module, stage: str, epochs: int, lr: float, extra: di
     digest = hashlib.sha256(text.encode())
     for name, tensor in unwrap(model).state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -206,7 +206,7 @@ def fit(cfg, model: nn.Module, run_dir: str | Path, *, epochs: int | None = None
     metric_name, _ = primary_metric(cfg.task)
     last_path, best_path = run_dir / f"{stage}_last.pt", run_dir / f"{stage}_best.pt"
     extra = dict(extra_checkpoint or {})
-    key = run_key(cfg, model, stage, epochs, lr, extra)
+    key = run_key(cfg, model, stage, epochs, lr, extra) if resume_same_run else None  # only a guarded resume reads it
 
     start_epoch, history, best, best_epoch = 0, [], None, -1
     ckpt = _resumable(last_path, stage) if resume or resume_same_run else None
