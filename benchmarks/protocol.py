@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -384,6 +385,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.dry_run and argv is None:  # `protocol.py cifar --dry-run | head` ends quietly, as other command-line tools do
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.lam_per_budget:
         plan = lam_per_budget_steps(args.experiment, dry=args.dry_run)
     else:

@@ -2,6 +2,8 @@
 own val sweep; and the merges that gather parallel runs into one table."""
 import json
 import shlex
+import subprocess
+import sys
 import time
 
 import pytest
@@ -250,3 +252,12 @@ def test_longer_dense_variant_prunes_its_own_dense_model_in_its_own_runs():
     labels = lambda cmds: {c[c.index("--dataset") + 1] for c in cmds if "--dataset" in c}  # noqa: E731
     assert dirs(long_cmds) and not dirs(long_cmds) & dirs(short_cmds)
     assert not labels(long_cmds) & labels(short_cmds)
+
+
+def test_dry_run_into_a_closed_pipe_ends_quietly():
+    # `protocol.py camvid --dry-run | head -1` used to end in a BrokenPipeError traceback; `true` reads nothing and
+    # is gone before Python has started, so every write meets a closed pipe
+    shell = f"{shlex.quote(sys.executable)} benchmarks/protocol.py camvid --dry-run | true"
+    done = subprocess.run(["bash", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert done.stderr == ""
