@@ -15,7 +15,9 @@ lambda <= 1.5) and shb-long (ShanghaiTech B, a 30-epoch phase, lambda <= 3), and
    more values at the grid's ratio), so no method is held to a grid that stops short of its best;
 3. seeds: `benchmarks/compression.py` per method and seed at the method's chosen lambda, DepGraph at its own,
    scratch-plan (ACSL's plan, random init) for dense + sparsity + recovery epochs, ModelOpt FastNAS (3 seeds too:
-   it needs only the dense model and is cheap, and on CIFAR it leads);
+   it needs only the dense model and is cheap, and on CIFAR it leads), and one seed of each baseline without a
+   sparsity phase (BN-Scale, L1, FPGM, random); these and ModelOpt recover for sparsity + recovery epochs (since
+   session 13; before, ModelOpt recovered for the recovery epochs only);
 4. recovery: ACSL with distillation instead of fine-tuning at the most aggressive budget;
 5. merge: every run into benchmarks/results/compression_<label>_<model>.json (+ .md, .png) and the distillation
    check into compression_<label>_distill_<model>.json.
@@ -44,6 +46,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 RUNS = "benchmarks/.runs/p12"
 RESULTS = "benchmarks/results"
 PY = "python"
@@ -82,8 +85,13 @@ EXPERIMENTS = {
 # merge step runs its commands one at a time, in order (a budget's own runs merge first and win).
 NEEDS = {"lambda per method": ("dense",), "seeds": ("lambda per method",),
          "scratch-plan (needs ACSL's plans)": ("seeds",), "modelopt": ("dense",),
+         "baselines without a sparsity phase (one seed)": ("dense",),
          "distillation vs fine-tuning": ("lambda per method",)}
 GAMMA_METHODS = ("acsl", "cap", "slimming")
+# docs/ACSL.md's baselines without a sparsity phase, one seed each (the issue lets the baselines other than the
+# gamma methods, DepGraph and scratch-plan keep one). BN-Scale is the null hypothesis of sparsity learning: the
+# dense model's own |gamma| ranking.
+BASELINES = ("bn-scale", "l1", "fpgm", "random")
 DEPGRAPH_LAMS = "1e-4,1e-3,1e-2"  # Torch-Pruning's group-norm regulariser strength (its default is 1e-4)
 EXTEND_EDGES = 2  # lambda_sweep --extend-edges: values tried past a choice at the grid's edge, per method
 SEEDS = (0, 1, 2)
@@ -120,6 +128,15 @@ def chosen_lambda(sweep_json: str | Path, method: str) -> float:
     if method not in chosen:
         raise SystemExit(f"protocol: {sweep_json} chose no lambda for {method} (every run failed?)")
     return float(chosen[method])
+
+
+def fair_recover_epochs(exp: dict) -> int:
+    """Recovery epochs for a method without a sparsity phase (ModelOpt, the baselines): the gamma methods' sparsity
+    + recovery epochs, so every pruned model trains as long after dense (the protocol's one epoch budget)."""
+    from toolchain.config import load_config
+
+    cfg = load_config(REPO / exp["config"], profile="quick")
+    return exp.get("sparsity_epochs", cfg.prune.sparsity.epochs) + cfg.prune.recover.epochs
 
 
 def run_opts(exp: dict, out_dir: str) -> list[str]:
@@ -163,8 +180,11 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     out.append(("seeds", seeds))
     out.append(("scratch-plan (needs ACSL's plans)",
                 [comp("scratch-plan", str(s), str(Path(p["runs"](f"scratch-plan_s{s}")).parent)) for s in SEEDS]))
-    out.append(("modelopt", [comp("modelopt-fastnas", str(s), str(Path(p["runs"](f"modelopt-fastnas_s{s}")).parent))
-                             for s in SEEDS]))
+    fair = ("--set", f"prune.recover.epochs={fair_recover_epochs(exp)}")  # no sparsity phase: recovery makes it up
+    out.append(("modelopt", [comp("modelopt-fastnas", str(s), str(Path(p["runs"](f"modelopt-fastnas_s{s}")).parent),
+                                  fair) for s in SEEDS]))
+    out.append(("baselines without a sparsity phase (one seed)",
+                [comp(m, "0", str(Path(p["runs"](f"{m}_s0")).parent), fair) for m in BASELINES]))
     distill = comp("acsl", ",".join(map(str, SEEDS)), str(Path(p["distill"]).parent),
                    ("--set", "prune.recover.method=distill"), budgets=[exp["budgets"][-1]],
                    out_dir=f"{runs}/kd", dataset=f"{exp['label']}_distill")  # own run folders: finetune's are kept
@@ -174,6 +194,7 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
     merge.append([PY, "benchmarks/lambda_sweep.py", exp["config"], *base, "--checkpoint", p["dense"], "--budget", mid,
                   "--dataset", exp["label"], "--results", RESULTS] + sum((["--merge", f] for f in sweep_files), []))
     names = [f"{m}_s{s}" for s in SEEDS for m in GAMMA_METHODS + ("depgraph", "scratch-plan", "modelopt-fastnas")]
+    names += [f"{m}_s0" for m in BASELINES]
     for n in names:
         merge.append([PY, "benchmarks/compression.py", exp["config"], *base, "--dataset", exp["label"],
                       "--results", RESULTS, "--merge", p["runs"](n)])
@@ -201,7 +222,6 @@ def lam_per_budget_steps(name: str, dry: bool = False) -> list[tuple[str, list]]
     changed plans. Everything is merged
     into compression_<label>_lam-per-budget_<model>.json, where the middle-lambda runs fill the unchanged cells.
     `dry` prints every command without reading any sweep."""
-    sys.path.insert(0, str(REPO))
     from toolchain.prune.select import parse_budget
 
     exp = EXPERIMENTS[name]

@@ -18,7 +18,9 @@ def test_dry_run_lists_every_step_in_order(name, capsys):
     out = capsys.readouterr().out
     titles = [line[2:] for line in out.splitlines() if line.startswith("# ")]
     assert titles == ["dense", "lambda per method", "seeds", "scratch-plan (needs ACSL's plans)", "modelopt",
-                      "distillation vs fine-tuning", "merge into benchmarks/results"]
+                      "baselines without a sparsity phase (one seed)", "distillation vs fine-tuning",
+                      "merge into benchmarks/results"]
+    assert set(protocol.NEEDS) <= set(titles)
     exp = protocol.EXPERIMENTS[name]
     assert (REPO / exp["config"]).is_file()
     commands = [shlex.split(line) for line in out.splitlines() if line and not line.startswith("#")]
@@ -36,6 +38,17 @@ def test_dry_run_lists_every_step_in_order(name, capsys):
     assert len({c[c.index("--results") + 1] for c in sweeps}) == 4   # one results folder per parallel process
     assert all(c[c.index("--extend-edges") + 1] == "2" for c in sweeps)  # no method stops at its grid's edge
     assert len(distill) == 1 and distill[0][distill[0].index("--budgets") + 1] == exp["budgets"][-1]
+    # the methods without a sparsity phase recover for the gamma methods' sparsity + recovery epochs
+    from toolchain.config import load_config
+    cfg = load_config(REPO / exp["config"], profile="quick")
+    fair = f"prune.recover.epochs={exp.get('sparsity_epochs', cfg.prune.sparsity.epochs) + cfg.prune.recover.epochs}"
+    no_phase = [c for c in seeds if c[c.index("--methods") + 1] in protocol.BASELINES + ("modelopt-fastnas",)]
+    assert len(no_phase) == len(protocol.BASELINES) + 3 and all(fair in c for c in no_phase)
+    assert not any("prune.recover.epochs" in " ".join(c) for c in seeds if c not in no_phase)
+    for method in protocol.BASELINES:
+        assert [c[c.index("--seeds") + 1] for c in no_phase if c[c.index("--methods") + 1] == method] == ["0"]
+    merged = [c[c.index("--merge") + 1] for c in commands if "compression.py" in c[1] and "--merge" in c]
+    assert sum(f"res_{m}_s0/" in f for f in merged for m in protocol.BASELINES) == len(protocol.BASELINES)
 
 
 @pytest.mark.parametrize("long, short, epochs", [("camvid-long", "camvid", 20), ("shb-long", "shb", 30)])
@@ -233,7 +246,8 @@ def test_merge_only_merges_just_the_finished_runs(tmp_path, monkeypatch, capsys)
     assert [c[1] for c in commands] == ["benchmarks/lambda_sweep.py", "benchmarks/compression.py"]
     names = [f"{m}_s{s}" for s in protocol.SEEDS
              for m in protocol.GAMMA_METHODS + ("depgraph", "scratch-plan", "modelopt-fastnas")]
-    not_run = len(names) + 1 - 1  # every seed run and the distillation check, less ACSL seed 1
+    names += [f"{m}_s0" for m in protocol.BASELINES]
+    not_run = len(names) + 1 - 1  # every seed run, the baselines and the distillation check, less ACSL seed 1
     assert out.count("(skipped: none of its runs has finished)") == not_run
 
 
