@@ -27,7 +27,8 @@ middle one (see lam_per_budget_steps): where a budget's lambda changes, its seed
 plans) run again, into compression_<label>_lam-per-budget_<model>.json.
 
 Every step is resumable (rerun the same command after an interruption: finished runs are kept, and the run that
-was cut short continues from its last complete epoch). Run folders go
+was cut short continues from its last complete epoch; the dense step is skipped once its JSON in benchmarks/results
+names the checkpoint with its sha256). Run folders go
 under benchmarks/.runs/p12. Each step is a plain command; --dry-run prints them in order. `--jobs N` runs N commands
 at a time (1 thread each), every command as soon as the steps it needs have finished (NEEDS: e.g. ModelOpt needs
 only the dense model, scratch-plan needs the seeds), each with its own log under benchmarks/.runs/p12/logs.
@@ -133,6 +134,21 @@ def chosen_lambda(sweep_json: str | Path, method: str) -> float:
     return float(chosen[method])
 
 
+def dense_done(exp: dict, results: Path = REPO / RESULTS) -> bool:
+    """The experiment's dense model is trained and on record: a dense_*_<model>_<label>.json in `results` names its
+    checkpoint, with the experiment's epochs and that file's sha256. Then the protocol does not run dense.py again
+    (which would only reevaluate it and rewrite the tables)."""
+    from toolchain.utils.io import sha256_file
+
+    checkpoint = paths(exp)["dense"]
+    for f in results.glob(f"dense_*_{exp['model']}_{exp.get('dense_label', 'plateau')}.json"):
+        rec = json.loads(f.read_text())
+        if (rec.get("checkpoint") == checkpoint and rec.get("epochs") == exp["epochs"] and (REPO / checkpoint).is_file()
+                and rec.get("checkpoint_sha256") == sha256_file(REPO / checkpoint)):
+            return True
+    return False
+
+
 def fair_recover_epochs(exp: dict) -> int:
     """Recovery epochs for a method without a sparsity phase (ModelOpt, the baselines): the gamma methods' sparsity
     + recovery epochs, so every pruned model trains as long after dense (the protocol's one epoch budget)."""
@@ -157,9 +173,9 @@ def steps(name: str, lam=chosen_lambda) -> list[tuple[str, list[list[str]]]]:
 
     base = run_opts(exp, runs)
     mid = middle_budget(exp)
-    out = [("dense", [[PY, "benchmarks/dense.py", exp["config"], "--profile", "quick",
-                       "--label", exp.get("dense_label", "plateau"),
-                       "--set", f"train.epochs={exp['epochs']}", "--set", "train.threads=1"]])]
+    dense = [PY, "benchmarks/dense.py", exp["config"], "--profile", "quick", "--label", exp.get("dense_label", "plateau"),
+             "--set", f"train.epochs={exp['epochs']}", "--set", "train.threads=1"]
+    out = [("dense", [(dense, lambda: None if dense_done(exp) else [])])]
     sweeps = []
     for method in GAMMA_METHODS + ("depgraph",):
         lams = exp.get("depgraph_lams", DEPGRAPH_LAMS) if method == "depgraph" else exp["lams"]
@@ -414,7 +430,8 @@ def main(argv=None) -> int:
         plan = lam_per_budget_steps(args.experiment, dry=args.dry_run)
     else:
         plan = steps(args.experiment, lam=(lambda f, m: float("nan")) if args.dry_run else chosen_lambda)
-    skipped = "(skipped: this budget's lambda is the middle budget's; its runs fill the cell)"
+    skipped = ("(skipped: this budget's lambda is the middle budget's; its runs fill the cell)" if args.lam_per_budget
+               else "(skipped: the dense model is trained and on record)")
     if args.merge_only:
         plan, skipped = finished_only(plan), "(skipped: none of its runs has finished)"
     if args.jobs > 1 and not args.dry_run and not args.merge_only:

@@ -275,3 +275,34 @@ def test_dry_run_into_a_closed_pipe_ends_quietly():
     done = subprocess.run(["bash", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert done.stderr == ""
+
+
+def test_a_dense_model_on_record_is_not_trained_again(tmp_path, monkeypatch, capsys):
+    """Rerunning a protocol (e.g. to finish it in another session) skips dense.py when the dense JSON names the
+    checkpoint with the experiment's epochs and the file's sha256; any mismatch runs it (it resumes or retrains)."""
+    from toolchain.utils.io import sha256_file
+
+    monkeypatch.setattr(protocol, "REPO", tmp_path)  # the checkpoint's path is relative to the repository
+    exp = protocol.EXPERIMENTS["camvid-long"]
+    ckpt = protocol.paths(exp)["dense"]
+    (tmp_path / ckpt).parent.mkdir(parents=True)
+    (tmp_path / ckpt).write_bytes(b"weights")
+    results = tmp_path / "results"
+    results.mkdir()
+    record = {"checkpoint": ckpt, "epochs": exp["epochs"], "checkpoint_sha256": sha256_file(tmp_path / ckpt)}
+    json_path = results / f"dense_camvid_segnet_{exp['dense_label']}.json"
+    assert not protocol.dense_done(exp, results)
+    json_path.write_text(json.dumps(record))
+    assert protocol.dense_done(exp, results)
+    for change in ({"epochs": exp["epochs"] + 1}, {"checkpoint_sha256": "0" * 64}, {"checkpoint": "other.pt"}):
+        json_path.write_text(json.dumps(dict(record, **change)))
+        assert not protocol.dense_done(exp, results)
+    json_path.write_text(json.dumps(record))
+    (tmp_path / ckpt).write_bytes(b"retrained")  # a retrain at the same path is another model
+    assert not protocol.dense_done(exp, results)
+    # in the plan: the dense step renders as skipped when done
+    monkeypatch.setattr(protocol, "REPO", REPO)
+    monkeypatch.setattr(protocol, "dense_done", lambda e: True)
+    assert protocol.main(["camvid-long", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# dense\n(skipped: the dense model is trained and on record)\n# lambda per method")
