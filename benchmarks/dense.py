@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from toolchain.cli import main as acsl  # noqa: E402
 from toolchain.config import load_config, parse_dotted_overrides  # noqa: E402
+from toolchain.errors import ToolchainError  # noqa: E402
 from toolchain.train.metrics import primary_metric  # noqa: E402
 from toolchain.train.plateau import PLATEAU_FRACTION, PLATEAU_TOL, plateau_check  # noqa: E402
 from toolchain.utils.io import read_json, sha256_file, write_json  # noqa: E402
@@ -169,7 +170,11 @@ def main(argv=None) -> int:
         return 0
     if not args.config:
         parser.error("give a config (e.g. configs/camvid_segnet.yaml), or --redraw")
-    cfg = load_config(args.config, profile=args.profile, overrides=parse_dotted_overrides(args.overrides))
+    try:
+        cfg = load_config(args.config, profile=args.profile, overrides=parse_dotted_overrides(args.overrides))
+    except ToolchainError as err:  # a config, profile or override the user mistyped: one line, nothing trained
+        print(f"dense: error: {err}", file=sys.stderr)
+        return 2
     suffix = f"_{args.label}" if args.label else ""
     run_dir = REPO / "benchmarks" / ".runs" / f"{cfg.name}_{args.profile}{suffix}"
     train_args = ["train", args.config, "--profile", args.profile, "--out", str(run_dir)]

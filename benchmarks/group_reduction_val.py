@@ -29,7 +29,9 @@ REDUCTIONS = ("mean", "max", "sum")
 def _acsl(args: list[str]) -> None:
     cmd = [sys.executable, "-m", "toolchain", *args]
     print("+", " ".join(shlex.quote(c) for c in cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
+    code = subprocess.run(cmd, cwd=REPO).returncode
+    if code:  # acsl printed its own one-line error above
+        raise SystemExit(f"group_reduction_val: `acsl {args[0]}` failed (exit {code}); see its error above")
 
 
 def _group_losses(select_record: dict) -> dict:
@@ -129,7 +131,12 @@ def main(argv=None) -> int:
     from toolchain.utils.io import atomic_write_text, write_json
     from toolchain.utils.provenance import git_commit, machine, versions
 
-    tag = args.tag or load_config(args.config).name
+    from toolchain.errors import ToolchainError
+
+    try:
+        tag = args.tag or load_config(args.config, profile=args.profile).name
+    except ToolchainError as err:
+        raise SystemExit(f"group_reduction_val: error: {err}")
     run_dir = Path(args.run_dir) / tag
     common = [args.config] + (["--profile", args.profile] if args.profile else []) + \
         (["--data", args.data] if args.data else [])

@@ -5,7 +5,7 @@ Random 50% channel plans on a trained checkpoint; inputs = real val images of th
 usage: python benchmarks/surgery_precision.py CONFIG CHECKPOINT N_PLANS [WIDTH]
 The log this writes is committed as benchmarks/results/surgery_precision_demo_w025.log
 """
-import copy, random, sys
+import argparse, copy, random, sys
 import numpy as np, torch
 import toolchain.models.segnet as segnet_mod
 from toolchain.config import load_config
@@ -13,11 +13,18 @@ from toolchain.data import build_dataset
 from toolchain.train.checkpoint import load_model
 from toolchain.prune.groups import build_pruning_graph
 from toolchain.prune.surgery import removed_bn_channels, slim, zero_removed_channels, relative_error
+from toolchain.errors import ToolchainError
 torch.set_num_threads(1)
-cfg_path, ckpt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-width = float(sys.argv[4]) if len(sys.argv) > 4 else None
-cfg = load_config(cfg_path, overrides={"model": {"width": width}} if width else None)
-base, _ = load_model(ckpt, cfg)
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("config"); ap.add_argument("checkpoint")
+ap.add_argument("n_plans", type=int); ap.add_argument("width", type=float, nargs="?")
+args = ap.parse_args()
+n, width = args.n_plans, args.width
+try:
+    cfg = load_config(args.config, overrides={"model": {"width": width}} if width else None)
+    base, _ = load_model(args.checkpoint, cfg)
+except ToolchainError as err:
+    sys.exit(f"surgery_precision: error: {err}")
 ds = build_dataset(cfg, "val", train=False)
 x = torch.stack([ds[i][0] for i in range(min(8, len(ds)))])
 masks = []
