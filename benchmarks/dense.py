@@ -26,7 +26,6 @@ sys.path.insert(0, str(REPO))
 
 from toolchain.cli import main as acsl  # noqa: E402
 from toolchain.config import load_config, parse_dotted_overrides  # noqa: E402
-from toolchain.errors import ToolchainError  # noqa: E402
 from toolchain.train.metrics import primary_metric  # noqa: E402
 from toolchain.train.plateau import PLATEAU_FRACTION, PLATEAU_TOL, plateau_check  # noqa: E402
 from toolchain.utils.io import read_json, sha256_file, write_json  # noqa: E402
@@ -170,11 +169,7 @@ def main(argv=None) -> int:
         return 0
     if not args.config:
         parser.error("give a config (e.g. configs/camvid_segnet.yaml), or --redraw")
-    try:
-        cfg = load_config(args.config, profile=args.profile, overrides=parse_dotted_overrides(args.overrides))
-    except ToolchainError as err:  # a config, profile or override the user mistyped: one line, nothing trained
-        print(f"dense: error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, profile=args.profile, overrides=parse_dotted_overrides(args.overrides))
     suffix = f"_{args.label}" if args.label else ""
     run_dir = REPO / "benchmarks" / ".runs" / f"{cfg.name}_{args.profile}{suffix}"
     train_args = ["train", args.config, "--profile", args.profile, "--out", str(run_dir)]
@@ -215,4 +210,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from toolchain.errors import script_main
+
+    sys.exit(script_main(main, "dense"))

@@ -106,4 +106,6 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from toolchain.errors import script_main
+
+    sys.exit(script_main(main, "int8"))

@@ -544,6 +544,11 @@ def main(argv=None) -> int:
             return 2
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        print(f"error: --models {','.join(unknown)}: not measured here (choose from {', '.join(MODELS)})",
+              file=sys.stderr)
+        return 2
     fractions = [float(f) for f in args.fractions.split(",")]
     result = {"command": command, "machine": machine_id(), "onnxruntime": onnxruntime.__version__,
               "rounds": args.rounds, "runs": args.runs, "models": []}

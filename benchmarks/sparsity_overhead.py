@@ -24,7 +24,6 @@ sys.path.insert(0, str(REPO))
 
 from toolchain.config import load_config  # noqa: E402
 from toolchain.data import build_dataset  # noqa: E402
-from toolchain.errors import ToolchainError  # noqa: E402
 from toolchain.models import build_from_config  # noqa: E402
 from toolchain.prune.groups import build_pruning_graph  # noqa: E402
 from toolchain.prune.sparsity import make_regulariser  # noqa: E402
@@ -64,11 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        cfg = load_config(args.config, profile=args.profile)
-    except ToolchainError as err:
-        print(f"sparsity_overhead: error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, profile=args.profile)
     data = build_dataset(cfg, "train", train=True)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True)
     batches = [b for _, b in zip(range(args.steps), loader)]
@@ -113,4 +108,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from toolchain.errors import script_main
+
+    sys.exit(script_main(main, "sparsity_overhead"))

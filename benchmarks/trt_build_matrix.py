@@ -261,6 +261,7 @@ def to_markdown(rows: list[dict], command: str, seconds: float) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from toolchain.errors import ToolchainError
     from toolchain.models import list_models
     from toolchain.utils.io import atomic_write_text, write_json
 
@@ -273,6 +274,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     models = args.models or list_models()
+    unknown = sorted(set(models) - set(list_models()))
+    if unknown:
+        raise ToolchainError(f"--models {' '.join(unknown)}: not in the model zoo (choose from {', '.join(list_models())})")
     started = time.perf_counter()
     rows = run_matrix(models, Path(args.work), width=args.width,
                       input_size=tuple(args.input_size) if args.input_size else None, target=args.target)
@@ -289,4 +293,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from toolchain.errors import script_main
+
+    sys.exit(script_main(main, "trt_build_matrix"))

@@ -13,10 +13,14 @@ CASES = [
     ("group_reduction_val.py", ["configs/demo.yaml", "--profile", "nope"], "no profile 'nope'"),
     ("surgery_precision.py", ["configs/demo.yaml", "missing.pt", "2"], "checkpoint not found: missing.pt"),
     ("plan_overlap.py", ["missing.json"], "missing.json is not a file"),
+    ("int8.py", ["--config", "configs/demo.yaml", "--checkpoint", "missing.pt"], "checkpoint not found: missing.pt"),
+    ("latency_budget.py", ["--models", "nope"], "--models nope: not measured here"),
+    ("trt_build_matrix.py", ["--target", "nope"], "unknown target 'nope'"),
+    ("trt_build_matrix.py", ["--models", "nope"], "--models nope: not in the model zoo"),
 ]
 
 
-@pytest.mark.parametrize("script,args,expected", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("script,args,expected", CASES, ids=[f"{c[0]}-{c[1][-1]}" for c in CASES])
 def test_bad_input_is_one_line(script, args, expected):
     done = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)

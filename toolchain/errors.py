@@ -17,3 +17,15 @@ class MissingDependency(ToolchainError):
         cmd = install or f"pip install {package}"
         super().__init__(f"{purpose} needs the '{package}' package, which is not installed: run `{cmd}`")
         self.package = package
+
+
+def script_main(main, name: str) -> int:
+    """Run a script's `main()` (benchmarks/*.py): a ToolchainError is printed as one line, `<name>: error: ...`,
+    exit 2, as the CLI does."""
+    import sys
+
+    try:
+        return main()
+    except ToolchainError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
