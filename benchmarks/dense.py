@@ -93,15 +93,21 @@ def schedule_rows(results: list[dict]) -> list[str]:
         groups.setdefault((r["dataset"], r["model"], r["width"]), []).append(r)
     rows = []
     for (dataset, model, width), runs in sorted(groups.items()):
-        runs = sorted(runs, key=lambda r: r["epochs"])
-        for short, long in zip(runs, runs[1:]):
-            if long["epochs"] == short["epochs"]:
-                continue
-            sign = 1.0 if long["higher_is_better"] else -1.0
-            gains = [sign * (long["val"] - short["val"]), sign * (tail_mean(long) - tail_mean(short)),
-                     sign * (long["test"] - short["test"])]
-            rows.append(f"| {dataset} | {model} (width {width}) | {long['metric']} | {short['epochs']} -> {long['epochs']} | "
-                        + " | ".join(f"{g:+.2f}" for g in gains) + " |")
+        lengths = sorted({r["epochs"] for r in runs})
+        for short_epochs, long_epochs in zip(lengths, lengths[1:]):
+            shorts = [r for r in runs if r["epochs"] == short_epochs]
+            longs = [r for r in runs if r["epochs"] == long_epochs]
+            named = len(shorts) > 1 or len(longs) > 1  # e.g. a retrain on another machine: say which runs compare
+
+            def epochs(r):
+                return f"{r['epochs']} ({r.get('label') or 'no label'})" if named else str(r["epochs"])
+            for short in shorts:
+                for long in longs:
+                    sign = 1.0 if long["higher_is_better"] else -1.0
+                    gains = [sign * (long["val"] - short["val"]), sign * (tail_mean(long) - tail_mean(short)),
+                             sign * (long["test"] - short["test"])]
+                    rows.append(f"| {dataset} | {model} (width {width}) | {long['metric']} | {epochs(short)} -> "
+                                f"{epochs(long)} | " + " | ".join(f"{g:+.2f}" for g in gains) + " |")
     return rows
 
 
@@ -110,7 +116,7 @@ def write_table() -> None:
     results = []
     for f in sorted(RESULTS.glob("dense_*.json")):
         r = read_json(f)
-        results.append(r)
+        results.append(dict(r, label=f.stem.removeprefix(f"dense_{r['dataset']}_{r['model']}").lstrip("_")))
         p = r.get("plateau") or plateau_check(r["history"], r["metric"], r["higher_is_better"])
         std = "n/a" if p["window_val_std"] is None else f"{p['window_val_std']:.2f}"  # a 1-epoch window has none
         verdict = f"{p['gain']:+.2f} ({'yes' if p['plateau'] else 'no'}; val std {std})"

@@ -81,6 +81,13 @@ def test_table_compares_each_run_with_the_next_shorter_schedule(tmp_path, monkey
     # best val 24 -> 23 (+1.00), last-20% mean 24 -> 26 (-2.00), test 22 -> 23 (-1.00)
     assert "| syn | csrnet (width 0.125) | mae | 5 -> 10 | +1.00 | -2.00 | -1.00 |" in table
     assert "-> 20 |" not in table
+    # a second 5-epoch run (a retrain elsewhere): each is compared with the longer run, and the rows say which
+    (tmp_path / "dense_syn_csrnet_rerun.json").write_text(json.dumps(rec(5, [50, 40, 30, 26, 23.5], 21.0)))
+    assert dense.main(["--redraw"]) == 0
+    table = (tmp_path / "README.md").read_text()
+    assert "| mae | 5 (dense_a) -> 10 (dense_b) | +1.00 | -2.00 | -1.00 |" in table  # not named dense_syn_csrnet_*
+    assert "| mae | 5 (rerun) -> 10 (dense_b) | +0.50 |" in table
+    assert "5 -> 10" not in table
 
 
 def test_dense_result_records_the_checkpoint_sha256_and_a_rerun_reproduces_it(tmp_path, monkeypatch):
